@@ -1,0 +1,1 @@
+"""Compatibility shims for third-party packages, each explaining the problem it works around."""

@@ -1,0 +1,153 @@
+"""The embedded default model: a tiny random-weight Qwen3.5 checkpoint, written offline.
+
+`write_tiny_model()` produces, deterministically from a seed, a bf16 `Qwen3_5ForCausalLM`
+checkpoint (Gated DeltaNet `linear_attention` layers mixed with `full_attention` layers, small
+hidden size) and a byte-level tokenizer with a ChatML chat template. Nothing is downloaded.
+
+Peaked logits, on purpose. With plain random weights the top two logits are often within bf16
+noise of each other, so greedy decoding flips between paths whenever batching changes the
+arithmetic, and "same greedy output as plain vLLM" cannot be tested. Here the embedding rows
+are large and the LM head maps each token's embedding direction to a fixed successor token
+(printable ASCII only, never a special token, so generation runs to max_tokens), so the winning logit leads the rest by a wide
+margin. Every layer still runs with random weights at the usual initialisation scale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Bumped whenever the written files would change for the same seed.
+WRITER_VERSION = 1
+MARKER = "gdn_serve_tiny_model.json"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """The shape of the tiny model. Head dims of 64 keep vLLM's CPU kernels on their fast path."""
+
+    seed: int = 0
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4  # three GDN layers, then one full-attention layer
+    full_attention_interval: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    linear_num_key_heads: int = 2
+    linear_num_value_heads: int = 4
+    linear_key_head_dim: int = 64
+    linear_value_head_dim: int = 64
+    vocab_size: int = 320  # byte alphabet + specials, rounded up to a multiple of 64
+    max_position_embeddings: int = 4096
+
+
+def build_tokenizer() -> Any:
+    """A byte-level tokenizer (one token per byte, no merges) with the ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOS_TOKEN, PAD_TOKEN)],
+        model_max_length=TinyModelSpec.max_position_embeddings,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_config(spec: TinyModelSpec, eos_token_id: int, pad_token_id: int) -> Any:
+    from transformers import Qwen3_5TextConfig
+
+    fields = {k: v for k, v in asdict(spec).items() if k != "seed"}
+    config = Qwen3_5TextConfig(
+        **fields, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen3_5ForCausalLM"]
+    config.dtype = "bfloat16"
+    return config
+
+
+def successor_map(vocab_size: int, printable_ids: list[int], seed: int) -> list[int]:
+    """For every token id, the token the model should predict next (always printable)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    succ = [int(t) for t in rng.choice(printable_ids, size=vocab_size)]
+    for src, dst in zip(printable_ids, rng.permutation(printable_ids), strict=True):
+        succ[src] = int(dst)  # a permutation on printable text: output never gets stuck
+    return succ
+
+
+def peak_logits(model: Any, succ: list[int], seed: int) -> None:
+    """Large embedding rows, and an LM head whose row j points at the tokens whose successor
+    is j: the successor's logit then leads the others by roughly 0.9 of the top logit."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        rows = torch.randn(embed.shape, generator=gen, dtype=torch.float32)
+        embed.copy_(rows)
+        unit = rows / rows.norm(dim=-1, keepdim=True)
+        target = torch.zeros_like(unit)
+        target.index_add_(0, torch.tensor(succ), unit)
+        head.copy_(target)
+
+
+def write_tiny_model(out_dir: Path, spec: TinyModelSpec | None = None) -> Path:
+    """Write the checkpoint and tokenizer into `out_dir` (replaced if present)."""
+    import torch
+    from transformers import Qwen3_5ForCausalLM
+
+    spec = spec or TinyModelSpec()
+    tokenizer = build_tokenizer()
+    config = build_config(
+        spec, tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen3_5ForCausalLM(config)
+    # Printable ASCII; byte-level BPE spells the space as "Ġ".
+    printable = [tokenizer.convert_tokens_to_ids(c) for c in ["Ġ", *map(chr, range(0x21, 0x7F))]]
+    peak_logits(model, successor_map(spec.vocab_size, printable, spec.seed), spec.seed)
+    model = model.to(torch.bfloat16)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    marker = {"writer_version": WRITER_VERSION, **asdict(spec)}
+    (out_dir / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def is_current(out_dir: Path, spec: TinyModelSpec | None = None) -> bool:
+    """True when `out_dir` holds a complete tiny model written from `spec` by this writer."""
+    marker = out_dir / MARKER
+    if not marker.is_file() or not (out_dir / "model.safetensors").is_file():
+        return False
+    expected = {"writer_version": WRITER_VERSION, **asdict(spec or TinyModelSpec())}
+    return bool(json.loads(marker.read_text()) == expected)
+
+
+def ensure_tiny_model(out_dir: Path, spec: TinyModelSpec | None = None) -> Path:
+    """Write the tiny model unless an identical one is already there."""
+    return out_dir if is_current(out_dir, spec) else write_tiny_model(out_dir, spec)

@@ -1,0 +1,254 @@
+"""The GDN decode core of one layer in one launch: conv1d state update, gating, delta rule and
+the gated RMSNorm of the output (`reference.gdn_fused_decode_reference` is the spec).
+
+vLLM runs this as `causal_conv1d_update`, the packed decode kernel and `RMSNormGated` (plus a
+zero-fill of the output buffer and two copies making `a`/`b` contiguous): each launch costs a few
+microseconds of latency at small batch and round-trips the activations through memory.
+
+One program owns (sequence, value head, block of V rows), as in the plain decode kernel. Two
+things cross programs, and both use the "last to arrive" pattern (an atomic counter per group;
+the program that brings it to its target finishes the group's work and resets it to zero for
+the next launch, so the counters stay valid across CUDA-graph replays):
+
+* the conv state of the q/k channels of a key head, read by all HV/HK value heads x V blocks of
+  that group: every reader convolves from the old state; only the last arrival writes the
+  shifted state, so no reader can see a half-updated window;
+* the RMSNorm of a head whose V rows are split over programs: each writes its unnormalised rows
+  to a float32 scratch row; the last arrival normalises the whole head.
+
+The v channels' conv state belongs to exactly one program and is updated there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup
+from gdn_serve.kernels.reference import FusedLayerParams, HeadDims, active_rows
+from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, normalize_qk
+
+
+@triton.jit
+def _conv_channels(
+    x_row, cs_slot, w, bias, ch, stride_cs_dim, stride_cs_tok, stride_w_dim,
+    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+):  # fmt: skip
+    """One conv1d step for channels `ch`: returns (output fp32, x, shifted state window)."""
+    taps = tl.arange(0, WP)[None, :]
+    p_cs = cs_slot + ch[:, None] * stride_cs_dim
+    old = tl.load(p_cs + taps * stride_cs_tok, mask=taps < W - 1, other=0.0)
+    nxt = tl.load(p_cs + (taps + 1) * stride_cs_tok, mask=taps < W - 2, other=0.0)
+    x = tl.load(x_row + ch).to(old.dtype)  # vLLM casts x to the conv state dtype first
+    window = tl.where(taps == W - 1, x[:, None], old).to(tl.float32)
+    wt = tl.load(w + ch[:, None] * stride_w_dim + taps, mask=taps < W, other=0.0)
+    acc = tl.sum(window * wt.to(tl.float32), 1)
+    if HAS_BIAS:
+        acc += tl.load(bias + ch).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    # vLLM stores the conv output in the activation dtype before the recurrent kernel reads it.
+    acc = acc.to(old.dtype).to(x_row.dtype.element_ty).to(tl.float32)
+    return acc, tl.where(taps == W - 2, x[:, None], nxt)
+
+
+@triton.jit
+def _store_window(cs_slot, ch, window, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
+                  WP: tl.constexpr):  # fmt: skip
+    taps = tl.arange(0, WP)[None, :]
+    p = cs_slot + ch[:, None] * stride_cs_dim + taps * stride_cs_tok
+    tl.store(p, window, mask=taps < W - 1)
+
+
+@triton.jit
+def _arrive(counter, target):
+    """Count this program in; True for the last of `target` arrivals (which resets the count).
+
+    The barrier makes every thread's earlier loads and stores precede the counting atomic, whose
+    acq_rel order publishes them to the last arrival."""
+    tl.debug_barrier()
+    last = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == target - 1
+    if last:
+        tl.store(counter, 0)
+    return last
+
+
+@triton.jit
+def _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V: tl.constexpr,
+                      GATE_SIGMOID: tl.constexpr):  # fmt: skip
+    """rms_norm(o) * weight * act(z) over the head's V values (o holds all V of them)."""
+    normed = o * tl.rsqrt(tl.sum(o * o) / V + eps) * tl.load(norm_w + o_v).to(tl.float32)
+    z = tl.load(z_row + o_v).to(tl.float32)
+    gate = tl.sigmoid(z) if GATE_SIGMOID else z * tl.sigmoid(z)
+    tl.store(p_out + o_v, (normed * gate).to(p_out.dtype.element_ty))
+
+
+@triton.jit
+def _gdn_fused_kernel(
+    x, a, b, z, conv_state, conv_w, conv_b, A_log, dt_bias, norm_w, state, indices, out,
+    counters, partial, scale, eps,
+    stride_x, stride_a, stride_b, stride_z_tok, stride_z_head,
+    stride_cs_slot, stride_cs_dim, stride_cs_tok, stride_w_dim, stride_slot, stride_idx,
+    HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
+    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, CONV_SILU: tl.constexpr,
+    GATE_SIGMOID: tl.constexpr, L2NORM: tl.constexpr,
+):  # fmt: skip
+    NV: tl.constexpr = V // BV
+    G: tl.constexpr = HV // HK
+    i_nh = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_n = i_nh // HV
+    i_hv = i_nh % HV
+    i_h = i_hv // G
+    o_v = i_v * BV + tl.arange(0, BV)
+    p_out = out + i_nh * V
+
+    slot = tl.load(indices + i_n * stride_idx).to(tl.int64)
+    if slot <= 0:
+        tl.store(p_out + o_v, tl.zeros([BV], dtype=tl.float32).to(p_out.dtype.element_ty))
+        return
+
+    o_k = tl.arange(0, K)
+    p_h = state + slot * stride_slot + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
+    h = tl.load(p_h, eviction_policy="evict_first").to(tl.float32)
+
+    x_row = x + i_n * stride_x
+    cs_slot = conv_state + slot * stride_cs_slot
+    ch_q = i_h * K + o_k
+    ch_k = HK * K + i_h * K + o_k
+    ch_v = 2 * HK * K + i_hv * V + o_v
+    q, win_q = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_q, stride_cs_dim,
+                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    k, win_k = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_k, stride_cs_dim,
+                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    v, win_v = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim,
+                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    tl.debug_barrier()  # all windows read before this program overwrites any of them
+    _store_window(cs_slot, ch_v, win_v, stride_cs_dim, stride_cs_tok, W, WP)
+    if G * NV == 1:
+        _store_window(cs_slot, ch_q, win_q, stride_cs_dim, stride_cs_tok, W, WP)
+        _store_window(cs_slot, ch_k, win_k, stride_cs_dim, stride_cs_tok, W, WP)
+    elif _arrive(counters + i_n * (HK + HV) + i_h, G * NV):
+        _store_window(cs_slot, ch_q, win_q, stride_cs_dim, stride_cs_tok, W, WP)
+        _store_window(cs_slot, ch_k, win_k, stride_cs_dim, stride_cs_tok, W, WP)
+
+    q, k = normalize_qk(q, k, L2NORM, scale)
+    decay, beta = gate_params(a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias, i_hv)
+    h, o = delta_rule_step(h, q, k, v, decay, beta)
+    tl.store(p_h, h.to(p_h.dtype.element_ty), cache_modifier=".cs")
+
+    z_row = z + i_n * stride_z_tok + i_hv * stride_z_head
+    if NV == 1:
+        _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+    else:
+        p_part = partial + i_nh * V
+        tl.store(p_part + o_v, o)
+        if _arrive(counters + i_n * (HK + HV) + HK + i_hv, NV):
+            o_all = tl.arange(0, V)
+            o_full = tl.load(p_part + o_all, cache_modifier=".cg")  # written by other SMs
+            _gated_norm_store(o_full, o_all, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+
+
+@dataclass(frozen=True)
+class FusedWorkspace:
+    """Scratch the fused kernel keeps between launches: arrival counters (zero between
+    launches; the kernel resets them) and one float32 row per (sequence, head) for the norm."""
+
+    counters: torch.Tensor  # int32 [max_batch, HK + HV]
+    partial: torch.Tensor  # float32 [max_batch, HV, V]
+
+    @staticmethod
+    def allocate(max_batch: int, dims: HeadDims, device: torch.device) -> FusedWorkspace:
+        return FusedWorkspace(
+            counters=torch.zeros(max_batch, dims.hk + dims.hv, dtype=torch.int32, device=device),
+            partial=torch.empty(max_batch, dims.hv, dims.v, dtype=torch.float32, device=device),
+        )
+
+    def fits(self, batch: int, dims: HeadDims) -> bool:
+        return (
+            self.counters.shape[0] >= batch
+            and self.counters.shape[1] == dims.hk + dims.hv
+            and self.partial.shape[1:] == (dims.hv, dims.v)
+        )
+
+
+def _check_fused_args(
+    mixed_qkv: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    z: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    out: torch.Tensor,
+    params: FusedLayerParams,
+) -> HeadDims:
+    dims = HeadDims.infer(mixed_qkv.shape[-1], ssm_state)
+    batch, conv_dim = mixed_qkv.shape
+    width = params.conv_weight.shape[-1]
+    if conv_state.shape[1:] != (conv_dim, width - 1) or params.conv_weight.stride(-1) != 1:
+        raise ValueError("conv_state must be [slots, dim, W-1] and conv_weight [dim, W]")
+    if a.shape != (batch, dims.hv) or b.shape != (batch, dims.hv):
+        raise ValueError(f"a and b must be [B, HV] = [{batch}, {dims.hv}]")
+    if z.shape != (batch, dims.hv, dims.v) or z.stride(-1) != 1 or mixed_qkv.stride(-1) != 1:
+        raise ValueError("z must be [B, HV, V]; z and mixed_qkv contiguous in the last dim")
+    if out.shape != (batch, dims.hv, dims.v) or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous [B, HV, V], got {tuple(out.shape)}")
+    if not ssm_state[0].is_contiguous() or dims.k & (dims.k - 1) or dims.v & (dims.v - 1):
+        raise ValueError("the state pool must have contiguous slots and power-of-two K, V")
+    if params.conv_activation not in (None, "silu", "swish"):
+        raise ValueError(f"unsupported conv activation {params.conv_activation!r}")
+    if params.gate_activation not in ("silu", "swish", "sigmoid"):
+        raise ValueError(f"unsupported gate activation {params.gate_activation!r}")
+    return dims
+
+
+def gdn_fused_decode(
+    mixed_qkv: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    z: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    indices: torch.Tensor,
+    out: torch.Tensor,
+    params: FusedLayerParams,
+    *,
+    workspace: FusedWorkspace | None = None,
+    config: LaunchConfig | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Same contract as `reference.gdn_fused_decode_reference`, in one launch.
+
+    Pass a persistent `workspace` (FusedWorkspace.allocate) on the serving path: without one a
+    zeroed workspace is allocated per call, which costs an extra fill launch."""
+    dims = _check_fused_args(mixed_qkv, a, b, z, conv_state, ssm_state, out, params)
+    batch = mixed_qkv.shape[0]
+    if validate:
+        active_rows(indices, ssm_state.shape[0])
+    if workspace is None:
+        workspace = FusedWorkspace.allocate(batch, dims, mixed_qkv.device)
+    if not workspace.fits(batch, dims):
+        raise ValueError(f"workspace too small or shaped for other heads (batch {batch})")
+    cfg = config or lookup("fused", device_arch(mixed_qkv.device), ssm_state.dtype, dims.hv, batch)
+    cfg.check(dims.v)
+    if batch == 0:
+        return out
+    width = params.conv_weight.shape[-1]
+    bias = params.conv_bias if params.conv_bias is not None else params.conv_weight
+    _gdn_fused_kernel[(batch * dims.hv, dims.v // cfg.block_v)](
+        mixed_qkv, a, b, z, conv_state, params.conv_weight, bias, params.A_log, params.dt_bias,
+        params.norm_weight, ssm_state, indices, out, workspace.counters, workspace.partial,
+        params.scale, params.norm_eps,
+        mixed_qkv.stride(0), a.stride(0), b.stride(0), z.stride(0), z.stride(1),
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
+        params.conv_weight.stride(0), ssm_state.stride(0), indices.stride(0),
+        HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v, BV=cfg.block_v,
+        W=width, WP=triton.next_power_of_2(width), HAS_BIAS=params.conv_bias is not None,
+        CONV_SILU=params.conv_activation is not None,
+        GATE_SIGMOID=params.gate_activation == "sigmoid", L2NORM=params.use_qk_l2norm,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return out

@@ -7,9 +7,7 @@ import triton.language as tl
 
 
 @triton.jit
-def load_qk(
-    row_ptr, i_h, HK: tl.constexpr, K: tl.constexpr, L2NORM: tl.constexpr, scale
-):
+def load_qk(row_ptr, i_h, HK: tl.constexpr, K: tl.constexpr, L2NORM: tl.constexpr, scale):
     """q and k of key head i_h from a packed row [q(HK*K) | k(HK*K) | v]; L2-normalised like
     vLLM (x / sqrt(sum x^2 + 1e-6)), q scaled afterwards."""
     o_k = tl.arange(0, K)
@@ -27,9 +25,7 @@ def normalize_qk(q, k, L2NORM: tl.constexpr, scale):
 
 
 @triton.jit
-def gate_params(
-    a_ptr, b_ptr, A_log_ptr, dt_bias_ptr, i_hv
-):
+def gate_params(a_ptr, b_ptr, A_log_ptr, dt_bias_ptr, i_hv):
     """decay = exp(-exp(A_log) * softplus(a + dt_bias)) (softplus linear above 20), beta =
     sigmoid(b), for one (sequence, value head); a_ptr/b_ptr point at the sequence's row."""
     x = tl.load(a_ptr + i_hv).to(tl.float32) + tl.load(dt_bias_ptr + i_hv).to(tl.float32)

@@ -1,0 +1,150 @@
+"""Our Triton kernels (run by Triton's interpreter) against the float64 reference."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gdn_serve.kernels.launch import LaunchConfig
+from gdn_serve.kernels.reference import (
+    gdn_decode_reference,
+    gdn_fused_decode_reference,
+)
+
+from .cases import BF16_ULP, FusedCase, assert_within, make_decode_case, make_fused_case
+
+# Null slots (0 and negative) mixed with real ones; slot 0 is vLLM's null block.
+INDICES = [5, 0, 2, -1]
+STATE_DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _state_bound(dtype: torch.dtype) -> float:
+    """fp32 state: 1e-5 relative to float64; bf16 state: one rounding on write."""
+    return 1e-5 if dtype == torch.float32 else BF16_ULP
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("block_v", [16, 0], ids=["split-v", "whole-v"])
+def test_decode_matches_float64_reference(
+    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, block_v: int
+) -> None:
+    case = make_decode_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
+    out, state = case.new_out(torch.bfloat16), case.state.clone()
+    config = LaunchConfig(block_v or dim, num_warps=4)
+    triton_kernels.decode.gdn_decode(*case.args(state, out, True), config=config)
+
+    ref = case.as_float64()
+    out64, state64 = ref.new_out(torch.float64), ref.state.clone()
+    gdn_decode_reference(*ref.args(state64, out64, True))
+    assert_within(out, out64, rel=BF16_ULP, floor=1e-5)
+    assert_within(state, state64, rel=_state_bound(state_dtype), floor=1e-6)
+    assert torch.equal(state[[0, 1, 3, 4]], case.state[[0, 1, 3, 4]])  # untouched slots
+    assert torch.all(out[[1, 3]] == 0)
+
+
+def test_decode_without_l2norm_and_with_fp32_output(triton_kernels: SimpleNamespace) -> None:
+    case = make_decode_case([1, 3], hk=2, group=2, k=32, v=32)
+    out, state = case.new_out(torch.float32), case.state.clone()
+    triton_kernels.decode.gdn_decode(*case.args(state, out, False), config=LaunchConfig(8, 2))
+    ref = case.as_float64()
+    out64, state64 = ref.new_out(torch.float64), ref.state.clone()
+    gdn_decode_reference(*ref.args(state64, out64, False))
+    assert_within(out, out64, rel=1e-5, floor=1e-6)
+    assert_within(state, state64, rel=1e-5, floor=1e-6)
+
+
+def test_decode_rejects_repeated_slots_when_validating(triton_kernels: SimpleNamespace) -> None:
+    case = make_decode_case([2, 2], k=16, v=16)
+    with pytest.raises(ValueError, match="repeated slot"):
+        triton_kernels.decode.gdn_decode(
+            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), validate=True
+        )
+
+
+def test_decode_rejects_a_block_that_does_not_divide_v(triton_kernels: SimpleNamespace) -> None:
+    case = make_decode_case([1], k=16, v=16)
+    with pytest.raises(ValueError, match="block_v"):
+        triton_kernels.decode.gdn_decode(
+            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True),
+            config=LaunchConfig(12, 1),
+        )
+
+
+def _run_fused(
+    kernels: SimpleNamespace, case: FusedCase, block_v: int, steps: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """`steps` launches of the fused kernel (one workspace) and of the float64 reference.
+    Returns kernel out, ssm state, conv state, then the reference's three."""
+    core = case.core
+    out = torch.empty_like(case.z)
+    ssm, conv = core.state.clone(), case.conv_state.clone()
+    workspace = kernels.fused.FusedWorkspace.allocate(len(core.indices), core.dims, out.device)
+    ref = case.as_float64()
+    out64, ssm64, conv64 = torch.empty_like(ref.z), ref.core.state.clone(), ref.conv_state.clone()
+    for _ in range(steps):
+        kernels.fused.gdn_fused_decode(
+            core.mixed_qkv, core.a, core.b, case.z, conv, ssm, core.indices, out, case.params,
+            workspace=workspace, config=LaunchConfig(block_v, 4),
+        )  # fmt: skip
+        gdn_fused_decode_reference(
+            ref.core.mixed_qkv, ref.core.a, ref.core.b, ref.z, conv64, ssm64, ref.core.indices,
+            out64, ref.params,
+        )  # fmt: skip
+    assert torch.all(workspace.counters == 0)  # reset for the next launch / graph replay
+    return out, ssm, conv, out64, ssm64, conv64
+
+
+def _assert_fused_close(case: FusedCase, result: tuple[torch.Tensor, ...]) -> None:
+    out, ssm, conv, out64, ssm64, conv64 = result
+    assert_within(out, out64, rel=BF16_ULP, floor=1e-5)
+    assert_within(ssm, ssm64, rel=_state_bound(case.core.state.dtype), floor=1e-6)
+    torch.testing.assert_close(conv.to(torch.float64), conv64, rtol=0, atol=0)
+    null_rows = (case.core.indices <= 0).nonzero().flatten()
+    assert torch.all(out[null_rows] == 0)
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("block_v", [16, 0], ids=["split-v", "whole-v"])
+def test_fused_matches_float64_reference(
+    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, block_v: int
+) -> None:
+    case = make_fused_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
+    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v or dim))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dim_first": True},
+        {"bias": False, "conv_activation": None},
+        {"gate_activation": "sigmoid", "width": 3},
+    ],
+    ids=["conv-state-dim-first", "no-bias-no-activation", "sigmoid-gate-width-3"],
+)
+def test_fused_layer_options(triton_kernels: SimpleNamespace, options: dict) -> None:
+    case = make_fused_case([2, 0, 4], hk=2, group=2, k=32, v=32, **options)
+    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v=8))
+
+
+def test_fused_two_steps_carry_both_states(triton_kernels: SimpleNamespace) -> None:
+    case = make_fused_case([3, 1], hk=2, group=2, k=32, v=32)
+    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v=16, steps=2))
+
+
+def test_fused_rejects_a_workspace_for_other_heads(triton_kernels: SimpleNamespace) -> None:
+    case = make_fused_case([1], hk=1, group=2, k=16, v=16)
+    core = case.core
+    small = triton_kernels.fused.FusedWorkspace.allocate(
+        1, core.dims.__class__(1, 1, 16, 16), "cpu"
+    )
+    with pytest.raises(ValueError, match="workspace"):
+        triton_kernels.fused.gdn_fused_decode(
+            core.mixed_qkv, core.a, core.b, case.z, case.conv_state.clone(), core.state.clone(),
+            core.indices, torch.empty_like(case.z), case.params, workspace=small,
+        )  # fmt: skip

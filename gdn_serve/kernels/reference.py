@@ -20,7 +20,7 @@ place have no defined result, so the reference rejects them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,14 @@ class HeadDims:
         if hv % hk != 0:
             raise ValueError(f"HV={hv} is not a multiple of HK={hk}")
         return HeadDims(hk=hk, hv=hv, k=k, v=v)
+
+
+def bound_excess(actual: torch.Tensor, expected: torch.Tensor, rel: float, floor: float) -> float:
+    """How far `actual` strays outside |actual - expected| <= rel*|expected| + floor*max|expected|
+    at its worst element; <= 0 means within the bound (the check tests and GPU runs share)."""
+    exp = expected.to(torch.float64)
+    err = (actual.to(torch.float64) - exp).abs()
+    return float((err - rel * exp.abs() - floor * exp.abs().max()).max())
 
 
 def compute_dtype_for(state: torch.Tensor) -> torch.dtype:
@@ -197,6 +205,18 @@ class FusedLayerParams:
     conv_activation: str | None = "silu"
     gate_activation: str = "silu"
     use_qk_l2norm: bool = True
+
+    def to(self, dtype: torch.dtype) -> FusedLayerParams:
+        """The same layer with its tensors in `dtype` (float64: the ground truth's inputs)."""
+        bias = None if self.conv_bias is None else self.conv_bias.to(dtype)
+        return replace(
+            self,
+            conv_weight=self.conv_weight.to(dtype),
+            conv_bias=bias,
+            A_log=self.A_log.to(dtype),
+            dt_bias=self.dt_bias.to(dtype),
+            norm_weight=self.norm_weight.to(dtype),
+        )
 
 
 def gdn_fused_decode_reference(

@@ -1,0 +1,232 @@
+"""`gdn-serve bench`: GDN decode kernels side by side at Qwen3.5 shapes, on one GPU, in one run.
+
+Also runs as a plain script on a GPU machine (`python -m gdn_serve.kernels.bench ...`):
+  1. correctness of our kernels against the float64 reference (and vLLM's) on the GPU;
+  2. optionally (--tune) the launch-config sweep behind launch_table.py;
+  3. CUDA-graph timings over rotating state slots (pool >> L2) of our decode kernel, vLLM's
+     packed decode, fla-core's fused_recurrent (dense state) and, per layer, our fused kernel
+     against vLLM's conv -> decode -> norm sequence, with the device copy bandwidth of the run.
+Results go to a JSON document (--out) and a markdown summary on stdout. Two CPU-side steps:
+--extract-vllm pulls vLLM's kernels out of the pinned wheel; --write-table turns run documents
+into launch_table.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import triton
+
+from gdn_serve.kernels import gpu_checks, timing, tune
+from gdn_serve.kernels.baselines import extract_vllm, load_fla, load_vllm
+from gdn_serve.kernels.bench_problem import Problem, Shape, Step
+from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, lookup
+
+HVS = (32, 16, 8)  # value heads per GPU at TP = 1, 2, 4
+BATCHES = (1, 8, 32, 128, 256, 512, 1024)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TABLE_PATH = Path(__file__).with_name("launch_table.py")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gdn-serve bench", description=__doc__.split("\n")[0])
+    p.add_argument("--hv", type=int, nargs="+", default=list(HVS))
+    p.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    p.add_argument("--dtype", choices=list(DTYPES), nargs="+", default=list(DTYPES))
+    p.add_argument("--tune", action="store_true", help="sweep launch configs per shape")
+    p.add_argument("--vllm-src", type=Path, help="folder made by --extract-vllm")
+    p.add_argument("--out", type=Path, help="write the results document (JSON) here")
+    p.add_argument("--extract-vllm", type=Path, metavar="WHEEL", help="vllm==0.32.0 wheel")
+    p.add_argument("--write-table", type=Path, nargs="+", metavar="RUN_JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.extract_vllm:
+        if not args.vllm_src:
+            print("--extract-vllm needs --vllm-src (where to put the modules)", file=sys.stderr)
+            return 2
+        extract_vllm(args.extract_vllm, args.vllm_src)
+        return 0
+    if args.write_table:
+        tune.write_table([json.loads(p.read_text()) for p in args.write_table], TABLE_PATH)
+        return 0
+    if not torch.cuda.is_available():
+        print("gdn-serve bench needs a CUDA GPU (this machine has none)", file=sys.stderr)
+        return 2
+    return _run(args)
+
+
+def _environment(vllm_src: Path | None) -> dict:
+    props = torch.cuda.get_device_properties(0)
+    smi = subprocess.run(
+        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    fla = load_fla()
+    return {
+        "gpu": props.name,
+        "arch": device_arch(torch.device("cuda", 0)),
+        "sms": props.multi_processor_count,
+        "l2_bytes": props.L2_cache_size,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "driver": smi.stdout.strip(),
+        "vllm_kernels": (vllm_src / "SOURCE").read_text().strip() if vllm_src else "not loaded",
+        "fla": getattr(sys.modules.get("fla"), "__version__", "") if fla else "not installed",
+        "copy_gbs": timing.copy_bandwidth_gbs(),
+    }
+
+
+def _shapes(args: argparse.Namespace) -> list[Shape]:
+    return [
+        Shape(hv, batch, DTYPES[dtype])
+        for dtype in args.dtype
+        for hv in args.hv
+        for batch in args.batch
+    ]
+
+
+def _run(args: argparse.Namespace) -> int:
+    vllm = load_vllm(args.vllm_src) if args.vllm_src else None
+    fla = load_fla()
+    doc: dict = {"env": _environment(args.vllm_src), "checks": [], "tuning": [], "results": []}
+
+    def save() -> None:
+        if args.out:
+            args.out.write_text(json.dumps(doc, indent=1))
+
+    shapes = _shapes(args)
+    l2 = doc["env"]["l2_bytes"]
+    rotations = {s: timing.rotations_for(s.state_bytes(), l2) for s in shapes}
+    # one pool buffer for every shape: the largest pool any of them needs
+    need = max((1 + rotations[s] * s.batch) * s.state_bytes() // s.batch for s in shapes)
+    buffer = torch.empty(need, dtype=torch.uint8, device="cuda")
+
+    for dtype in dict.fromkeys(s.state_dtype for s in shapes):
+        problem = Problem(Shape(32, 8, dtype), 2, buffer)
+        doc["checks"] += [
+            gpu_checks.check_decode(problem, vllm),
+            gpu_checks.check_fused(problem, vllm),
+        ]
+    ok = all(gpu_checks.passed(c) for c in doc["checks"])
+    print(json.dumps(doc["checks"], indent=1), flush=True)
+    save()
+
+    for shape in shapes:
+        problem = Problem(shape, rotations[shape], buffer)
+        doc["results"] += _bench_shape(problem, doc, args.tune, vllm, fla)
+        print(f"done hv={shape.hv} batch={shape.batch} {shape.state_dtype}", flush=True)
+        save()
+    print(render_markdown(doc))
+    return 0 if ok else 1
+
+
+def _configs(problem: Problem, doc: dict, tune_now: bool) -> dict[str, LaunchConfig]:
+    s, env = problem.shape, doc["env"]
+    steps = {"decode": problem.ours, "fused": problem.ours_fused}
+    if not tune_now:
+        return {k: lookup(k, env["arch"], s.state_dtype, s.hv, s.batch) for k in steps}
+    chosen = {}
+    for kernel, make in steps.items():
+        base = {"arch": env["arch"], "gpu": env["gpu"], "kernel": kernel,
+                "dtype": dtype_name(s.state_dtype), "hv": s.hv, "batch": s.batch}  # fmt: skip
+
+        def time_config(c: LaunchConfig, make: Callable[[LaunchConfig], Step] = make) -> float:
+            return _time_or_nan(make(c), problem.rotations, f"{c} at {s}")
+
+        chosen[kernel], records = tune.tune_shape(time_config, base)
+        doc["tuning"] += records
+    return chosen
+
+
+def _bench_shape(
+    problem: Problem,
+    doc: dict,
+    tune_now: bool,
+    vllm: SimpleNamespace | None,
+    fla: SimpleNamespace | None,
+) -> list[dict]:
+    configs = _configs(problem, doc, tune_now)
+    s = problem.shape
+    runs: dict[str, tuple[Step, int]] = {
+        "ours": (problem.ours(configs["decode"]), s.decode_bytes()),
+        "ours-fused-layer": (problem.ours_fused(configs["fused"]), s.layer_bytes()),
+    }
+    if vllm is not None:
+        runs["vllm"] = (problem.vllm(vllm), s.decode_bytes())
+        runs["vllm-layer"] = (problem.vllm_layer(vllm, full=True), s.layer_bytes())
+        runs["vllm-layer-3-kernels"] = (problem.vllm_layer(vllm, full=False), s.layer_bytes())
+    if fla is not None:
+        runs["fla"] = (problem.fla(fla), s.decode_bytes())
+    copy_gbs = doc["env"]["copy_gbs"]
+    results = []
+    for name, (step, nbytes) in runs.items():
+        us = _time_or_nan(step, problem.rotations, f"{name} at {s}")
+        results.append({
+            "kernel": name, "hv": s.hv, "batch": s.batch, "dtype": dtype_name(s.state_dtype),
+            "us": us, "pct_copy_bw": 100 * nbytes / (us * 1e3) / copy_gbs,
+            "config": list(vars(configs["fused" if "fused" in name else "decode"]).values())
+            if name.startswith("ours") else None,
+        })  # fmt: skip
+    return results
+
+
+def _time_or_nan(step: Step, rotations: int, what: str) -> float:
+    """One failing kernel (a baseline that does not run on this GPU, a config that does not
+    fit) is reported as NaN with its error, not allowed to end the run."""
+    try:
+        return timing.graph_time_us(step, rotations)
+    except Exception as err:
+        print(f"FAILED {what}: {err!r}", file=sys.stderr, flush=True)
+        torch.cuda.synchronize()
+        return float("nan")
+
+
+def render_markdown(doc: dict) -> str:
+    """Per state dtype and HV: µs and % of copy bandwidth per kernel, our speedups."""
+    env = doc["env"]
+    lines = [
+        f"{env['gpu']} ({env['arch']}, {env['sms']} SMs, L2 {env['l2_bytes'] >> 20} MiB), "
+        f"copy {env['copy_gbs']:.0f} GB/s, torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, driver {env['driver']}, {env['date']}",
+    ]
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in doc["results"]:
+        rows.setdefault((r["dtype"], r["hv"], r["batch"]), {})[r["kernel"]] = r
+    kernels = ["ours", "vllm", "fla", "ours-fused-layer", "vllm-layer", "vllm-layer-3-kernels"]
+    header = "| state | HV | B | " + " | ".join(f"{k} µs (%BW)" for k in kernels)
+    lines += ["", header + " | vs vllm | fused vs vllm-layer |", "|" + "---|" * (len(kernels) + 5)]
+    for (dtype, hv, batch), by in sorted(rows.items()):
+        cells = [
+            f"{by[k]['us']:.2f} ({by[k]['pct_copy_bw']:.0f}%)" if k in by else "—" for k in kernels
+        ]
+        speed = _ratio(by, "vllm", "ours")
+        fused = _ratio(by, "vllm-layer", "ours-fused-layer")
+        lines.append(
+            f"| {dtype} | {hv} | {batch} | " + " | ".join(cells) + f" | {speed} | {fused} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(by: dict[str, dict], base: str, ours: str) -> str:
+    if base not in by or ours not in by:
+        return "—"
+    return f"{by[base]['us'] / by[ours]['us']:.2f}x"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

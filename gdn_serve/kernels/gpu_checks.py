@@ -1,0 +1,102 @@
+"""Correctness on the GPU, before any timing: our kernels against the float64 reference (the
+bar: output within bf16 rounding, fp32 state within 1e-5 relative) and against vLLM's kernels
+on the same inputs (reported, for the record)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from gdn_serve.kernels.bench_problem import Problem
+from gdn_serve.kernels.reference import (
+    bound_excess,
+    gdn_decode_reference,
+    gdn_fused_decode_reference,
+)
+from gdn_serve.kernels.triton_decode import gdn_decode
+from gdn_serve.kernels.triton_fused import gdn_fused_decode
+
+HALF_BF16_STEP = 2.0**-8  # the GPU rounds fp32 -> bf16 to nearest
+
+
+def _state_rel(dtype: torch.dtype) -> float:
+    return 1e-5 if dtype == torch.float32 else HALF_BF16_STEP
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: how far apart two kernels' results are."""
+    b64 = b.double()
+    return float((a.double() - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
+
+
+def check_decode(p: Problem, vllm: SimpleNamespace | None) -> dict:
+    """Rows 1 and 3 are null slots (0 and -1): zeros out, state untouched."""
+    idx = p.indices[0].clone()
+    idx[1], idx[3] = 0, -1
+    q = p.params
+    common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
+    ours_pool, ours_out = p.pool.clone(), torch.empty_like(p.out)
+    gdn_decode(*common, ours_pool, ours_out, idx, True, validate=True)
+    ref_pool, ref_out = p.pool.double(), p.out.double()
+    ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
+    gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
+    result = {
+        "check": "decode",
+        "dtype": str(p.shape.state_dtype),
+        "out_excess": bound_excess(ours_out, ref_out, HALF_BF16_STEP, 1e-5),
+        "state_excess": bound_excess(ours_pool, ref_pool, _state_rel(p.shape.state_dtype), 1e-6),
+        "null_rows_zero": bool(torch.all(ours_out[[1, 3]] == 0)),
+        "untouched_equal": bool(torch.equal(ours_pool[0], p.pool[0])),
+    }
+    if vllm is not None:
+        v_pool, v_out = p.pool.clone(), torch.empty_like(p.out)
+        vllm.packed_decode(*common, v_pool, v_out, idx, True)
+        result |= {"vs_vllm_out": _rel_diff(ours_out, v_out), "vs_vllm_state": _rel_diff(
+            ours_pool, v_pool)}  # fmt: skip
+    return result
+
+
+def check_fused(p: Problem, vllm: SimpleNamespace | None) -> dict:
+    """Row 1 is a null slot (vLLM's conv kernel knows only 0 as null)."""
+    idx = p.indices[0].clone()
+    idx[1] = 0
+    acts = (p.mixed_qkv, p.a, p.b, p.z)
+    conv, pool, out = p.conv_state.clone(), p.pool.clone(), torch.empty_like(p.out_norm)
+    gdn_fused_decode(*acts, conv, pool, idx, out, p.params, validate=True)
+    ref_conv, ref_pool, ref_out = p.conv_state.double(), p.pool.double(), p.out_norm.double()
+    x64, a64, b64, z64 = (t.double() for t in acts)
+    ref_params = p.params.to(torch.float64)
+    gdn_fused_decode_reference(x64, a64, b64, z64, ref_conv, ref_pool, idx, ref_out, ref_params)
+    result = {
+        "check": "fused",
+        "dtype": str(p.shape.state_dtype),
+        "out_excess": bound_excess(out, ref_out, HALF_BF16_STEP, 1e-5),
+        "state_excess": bound_excess(pool, ref_pool, _state_rel(p.shape.state_dtype), 1e-6),
+        "conv_state_equal": bool(torch.equal(conv.double(), ref_conv)),
+        "null_rows_zero": bool(torch.all(out[1] == 0)),
+    }
+    if vllm is not None:
+        v_conv, v_pool, v_core = p.conv_state.clone(), p.pool.clone(), torch.zeros_like(out)
+        x = vllm.conv_update(
+            p.mixed_qkv.clone(), v_conv, p.params.conv_weight, None, "silu",
+            conv_state_indices=idx, validate_data=False,
+        )  # fmt: skip
+        q = p.params
+        vllm.packed_decode(
+            x, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale, v_pool, v_core.unsqueeze(1), idx, True
+        )
+        v_out = vllm.rmsnorm_fn(
+            v_core, q.norm_weight, None, z=p.z, eps=q.norm_eps, group_size=None,
+            norm_before_gate=True, activation="silu",
+        )  # fmt: skip
+        result |= {"vs_vllm_out": _rel_diff(out, v_out), "vs_vllm_state": _rel_diff(pool, v_pool)}
+    return result
+
+
+def passed(result: dict) -> bool:
+    return (
+        result["out_excess"] <= 0
+        and result["state_excess"] <= 0
+        and all(v for k, v in result.items() if isinstance(v, bool))
+    )

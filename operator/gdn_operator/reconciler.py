@@ -86,7 +86,7 @@ class Reconciler:
         if cr is None or cr["metadata"].get("deletionTimestamp"):
             # Owner references hand the RayService to the garbage collector; nothing to do.
             return None
-        rs = self.caches.rayservice(key)
+        rs = self.caches.rayservice(key) or self._read_rayservice(cr)
         decision = self.decide(cr, rs)
         problem = decision.problem
         if decision.desired is not None and needs_apply(decision.desired, rs):
@@ -99,6 +99,17 @@ class Reconciler:
             return None
         self.metrics.reconcile_errors.labels(problem.reason).inc()
         return None if problem.reason in ("InvalidSpec", "NoSchedulableArch") else RECHECK_S
+
+    def _read_rayservice(self, cr: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The cache only holds RayServices this operator labelled; before creating one, make
+        sure nobody else's has the name (server-side apply would take it over)."""
+        meta = cr["metadata"]
+        try:
+            return self.api.get(RAYSERVICES, meta["name"], meta["namespace"])
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
 
     def decide(self, cr: Mapping[str, Any], rs: Mapping[str, Any] | None) -> Decision:
         try:
@@ -187,6 +198,8 @@ class Reconciler:
             try:
                 self._patch_status(obj, old, status)
             except ApiError as exc:
+                if exc.not_found:
+                    return  # deleted meanwhile: nobody left to report to
                 if exc.conflict:
                     meta = cr["metadata"]
                     attempts.append(self.api.get(DEPLOYMENTS, meta["name"], meta["namespace"]))

@@ -7,6 +7,7 @@ message and its Retry-After, so callers decide on one type.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,8 @@ class WatchStream:
             self._response.release_conn()
 
     def close(self) -> None:
-        self._response.shutdown()
+        with contextlib.suppress(OSError):  # the stream may have ended on its own meanwhile
+            self._response.shutdown()
 
 
 class KubeApi:

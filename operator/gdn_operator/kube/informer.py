@@ -73,6 +73,8 @@ class Informer:
                 resource_version = self._watch(resource_version, stop)
                 failures = 0
             except ApiError as exc:
+                if stop.is_set():
+                    return  # the stream was closed to stop us
                 if exc.gone:
                     log.info("%s: resourceVersion expired (410), re-listing", self.resource.plural)
                     resource_version = None

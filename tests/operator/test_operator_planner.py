@@ -1,0 +1,249 @@
+"""The planner, table-driven: which archs serve the model, at what tensor parallel size, and why
+an arch is left out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from gdn_operator.inventory import build_inventory
+from gdn_operator.planner import Plan, plan_deployment
+from gdn_operator.spec import parse_spec
+from operator_testlib import H100, L40S, QWEN35_35B_A3B, RTX4090, cpu_node, gpu_node, model
+
+MOE_BF16 = {"model": model(QWEN35_35B_A3B, maxModelLen=32768)}
+NOTHING_FITS = "no GPU arch can serve the model"
+MOE_AWQ = {"model": model(QWEN35_35B_A3B, maxModelLen=32768, quantization="awq")}
+
+
+@dataclass
+class Case:
+    nodes: list[dict[str, Any]]
+    spec: dict[str, Any]
+    tp: dict[str, int]  # planned arch -> tensor parallel size
+    excluded: dict[str, str] = field(default_factory=dict)  # arch -> part of the reason
+    problem: str | None = None  # part of Plan.problem()
+    replicas: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # min, max, capacity
+
+
+def four090s(n: int, gpus: int = 1) -> list[dict[str, Any]]:
+    return [gpu_node(f"rtx-{i}", RTX4090, gpus=gpus) for i in range(n)]
+
+
+CASES = {
+    "4090-only: AWQ fits one 24 GB card": Case(
+        four090s(3), MOE_AWQ, tp={"sm89": 1}, replicas={"sm89": (1, 3, 3)}
+    ),
+    "H100-only: bf16 on one GPU per replica": Case(
+        [gpu_node("h-0", H100, gpus=8), gpu_node("h-1", H100, gpus=8)],
+        MOE_BF16,
+        tp={"sm90": 1},
+        replicas={"sm90": (1, 16, 16)},
+    ),
+    "mixed: bf16 runs on H100, 4090 left out": Case(
+        [*four090s(2), gpu_node("h-0", H100, gpus=8)],
+        MOE_BF16,
+        tp={"sm90": 1},
+        excluded={"sm89": "does not fit at any tensor parallel size"},
+    ),
+    "mixed: AWQ runs on both": Case(
+        [*four090s(2), gpu_node("h-0", H100, gpus=8)], MOE_AWQ, tp={"sm89": 1, "sm90": 1}
+    ),
+    "no GPU nodes": Case(
+        [cpu_node("cpu-0"), cpu_node("cpu-1")], MOE_BF16, tp={}, problem="no schedulable GPU nodes"
+    ),
+    "too big for 24 GB cards at any TP the nodes allow": Case(
+        four090s(4, gpus=2),
+        MOE_BF16,
+        tp={},
+        excluded={"sm89": "at TP=2 each GPU needs"},
+        problem=NOTHING_FITS,
+    ),
+    "an 8x4090 box holds bf16 at TP=4 (TP=3 does not divide the heads)": Case(
+        four090s(1, gpus=8), MOE_BF16, tp={"sm89": 4}, replicas={"sm89": (1, 2, 2)}
+    ),
+    "overrides: TP and replicas per arch": Case(
+        [gpu_node("h-0", H100, gpus=8)],
+        {
+            **MOE_BF16,
+            "archs": [
+                {"arch": "sm90", "tensorParallelSize": 2, "minReplicas": 2, "maxReplicas": 3}
+            ],
+        },
+        tp={"sm90": 2},
+        replicas={"sm90": (2, 3, 4)},
+    ),
+    "override: TP that does not divide the attention heads": Case(
+        [gpu_node("h-0", H100, gpus=8)],
+        {**MOE_BF16, "archs": [{"arch": "sm90", "tensorParallelSize": 3}]},
+        tp={},
+        excluded={
+            "sm90": "tensorParallelSize 3 from spec.archs: does not divide num_attention_heads=16"
+        },
+        problem=NOTHING_FITS,
+    ),
+    "override: TP larger than any node": Case(
+        [gpu_node("h-0", H100, gpus=8)],
+        {**MOE_BF16, "archs": [{"arch": "sm90", "tensorParallelSize": 16}]},
+        tp={},
+        excluded={"sm90": "needs 16 GPUs on one node, the largest sm90 node has 8"},
+        problem=NOTHING_FITS,
+    ),
+    "override: minReplicas above the global maximum": Case(
+        four090s(2),
+        {
+            **MOE_AWQ,
+            "autoscaling": {"maxReplicas": 2},
+            "archs": [{"arch": "sm89", "minReplicas": 5}],
+        },
+        tp={},
+        excluded={"sm89": "minReplicas 5 > maxReplicas 2"},
+        problem=NOTHING_FITS,
+    ),
+    "excluded arch": Case(
+        [*four090s(2), gpu_node("h-0", H100, gpus=8)],
+        {**MOE_AWQ, "archs": [{"arch": "sm89", "exclude": True}]},
+        tp={"sm90": 1},
+        excluded={"sm89": "excluded by spec.archs[sm89].exclude"},
+    ),
+    "cordoned and NotReady nodes do not count": Case(
+        [
+            gpu_node("h-0", H100, gpus=8, unschedulable=True),
+            gpu_node("rtx-0", RTX4090),
+            gpu_node("rtx-1", RTX4090, ready=False),
+        ],
+        MOE_AWQ,
+        tp={"sm89": 1},
+        replicas={"sm89": (1, 1, 1)},
+    ),
+    "only cordoned nodes": Case(
+        [gpu_node("h-0", H100, gpus=8, unschedulable=True)],
+        MOE_AWQ,
+        tp={},
+        problem="no schedulable GPU nodes",
+    ),
+    "nodeSelector picks the pool": Case(
+        [
+            gpu_node("h-0", H100, gpus=8, labels={"pool": "serving"}),
+            gpu_node("h-1", H100, gpus=8, labels={"pool": "batch"}),
+        ],
+        {**MOE_BF16, "nodeSelector": {"pool": "serving"}},
+        tp={"sm90": 1},
+        replicas={"sm90": (1, 8, 8)},
+    ),
+    "a taint keeps nodes out unless tolerated": Case(
+        [
+            gpu_node(
+                "h-0",
+                H100,
+                gpus=8,
+                taints=[{"key": "dedicated", "value": "train", "effect": "NoSchedule"}],
+            )
+        ],
+        MOE_BF16,
+        tp={},
+        problem="no schedulable GPU nodes",
+    ),
+    "the GPU taint is always tolerated": Case(
+        [
+            gpu_node(
+                "h-0",
+                H100,
+                gpus=8,
+                taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+            )
+        ],
+        MOE_BF16,
+        tp={"sm90": 1},
+    ),
+    "sizing from the spec (no config)": Case(
+        four090s(1), {"model": model(totalParams=9_000_000_000)}, tp={"sm89": 1}
+    ),
+    "real checkpoint bytes override the computed size": Case(
+        four090s(1),
+        {"model": model(QWEN35_35B_A3B, maxModelLen=32768, weightBytes="17Gi")},
+        tp={"sm89": 1},
+    ),
+    "a forced backend the arch cannot run leaves it out": Case(
+        four090s(1),
+        {**MOE_AWQ, "gdnBackend": "flashinfer"},
+        tp={},
+        excluded={"sm89": "'flashinfer' was forced but cannot run on sm89"},
+        problem=NOTHING_FITS,
+    ),
+    "one arch, two products: sized by the smaller memory": Case(
+        [gpu_node("rtx-0", RTX4090), gpu_node("l40s-0", L40S)],
+        MOE_AWQ,
+        tp={"sm89": 1},
+        replicas={"sm89": (1, 2, 2)},
+    ),
+}
+
+
+def _plan(case: Case) -> Plan:
+    return plan_deployment(parse_spec(case.spec), build_inventory(case.nodes))
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_plan(case: Case) -> None:
+    plan = _plan(case)
+    assert {a.arch: a.tensor_parallel_size for a in plan.archs} == case.tp
+    reasons = {e.arch: e.reason for e in plan.excluded}
+    assert reasons.keys() == case.excluded.keys()
+    for arch, part in case.excluded.items():
+        assert part in reasons[arch]
+    if case.problem is None:
+        assert plan.problem() is None
+    else:
+        assert case.problem in (plan.problem() or "")
+    for arch, (lo, hi, capacity) in case.replicas.items():
+        planned = next(a for a in plan.archs if a.arch == arch)
+        assert (planned.min_replicas, planned.max_replicas, planned.capacity) == (lo, hi, capacity)
+
+
+def test_moe_with_tensor_parallelism_enables_expert_parallelism() -> None:
+    plan = _plan(CASES["an 8x4090 box holds bf16 at TP=4 (TP=3 does not divide the heads)"])
+    (arch,) = plan.archs
+    assert arch.expert_parallel and arch.engine_args["enable_expert_parallel"] is True
+
+
+@pytest.mark.parametrize(
+    ("setting", "tp", "expected"),
+    [("Auto", 1, False), ("Disabled", 4, False), ("Enabled", 1, True)],
+)
+def test_expert_parallel_setting(setting: str, tp: int, expected: bool) -> None:
+    spec = {
+        "model": model(QWEN35_35B_A3B, maxModelLen=32768, expertParallel=setting),
+        "archs": [{"arch": "sm90", "tensorParallelSize": tp}],
+    }
+    (arch,) = plan_deployment(
+        parse_spec(spec), build_inventory([gpu_node("h", H100, gpus=8)])
+    ).archs
+    assert arch.expert_parallel is expected
+
+
+def test_dense_model_never_gets_expert_parallelism() -> None:
+    spec = {"model": model(totalParams=9_000_000_000, expertParallel="Enabled")}
+    (arch,) = plan_deployment(parse_spec(spec), build_inventory([gpu_node("r", RTX4090)])).archs
+    assert not arch.expert_parallel
+
+
+def test_planned_memory_fits_the_gpu() -> None:
+    plan = _plan(CASES["mixed: AWQ runs on both"])
+    for arch in plan.archs:
+        assert arch.bytes_per_gpu <= arch.gpu_memory_mib * 2**20 * 0.9
+
+
+def test_long_context_needs_more_memory_than_short() -> None:
+    nodes = [gpu_node("h", H100, gpus=8)]
+    short = plan_deployment(parse_spec(MOE_BF16), build_inventory(nodes)).archs[0]
+    full = plan_deployment(parse_spec({"model": model(QWEN35_35B_A3B)}), build_inventory(nodes))
+    assert full.archs[0].bytes_per_gpu > short.bytes_per_gpu  # 262144 tokens of KV vs 32768
+
+
+def test_gpu_memory_utilization_from_engine_args_changes_the_fit() -> None:
+    # AWQ 35B-A3B fits a 4090 at vLLM's default 0.9 but not when only half the card is given.
+    spec = {**MOE_AWQ, "engineArgs": {"gpu_memory_utilization": 0.5}}
+    plan = plan_deployment(parse_spec(spec), build_inventory(four090s(1)))
+    assert not plan.archs and "does not fit" in plan.excluded[0].reason

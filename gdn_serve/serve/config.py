@@ -72,6 +72,9 @@ class AppConfig:
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # Name of an environment variable that holds the API key (filled from a Secret); None: open.
     api_key_env: str | None = None
+    # Local stack only: rebind the replicas' wildcard listeners to 127.0.0.1
+    # (gdn_serve/serve/loopback.py). In a cluster the replicas must be reachable from other pods.
+    loopback_only: bool = False
 
     def validate(self) -> None:
         if not self.model_source:

@@ -1,0 +1,157 @@
+"""`gdn-serve`: the command line of the serving runtime.
+
+    gdn-serve run          serve a model locally (Ray Serve + vLLM on CPU), loopback only
+    gdn-serve tiny-model   write the embedded default model into the cache folder
+    gdn-serve backends     which GDN decode kernel this machine would use, and why
+    gdn-serve bench        GDN decode kernel benchmark (GPU)
+    gdn-serve bench-stack  vLLM's own OpenAI server vs this stack, same machine, one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gdn_serve import paths
+
+
+def resolve_model(model: str | None) -> str:
+    """A local checkpoint path, a hub id (for users with hub access), or the tiny default."""
+    if model is None:
+        from gdn_serve.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model(paths.default_model_dir()))
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.exists() else model
+
+
+def _offline_if_local(model_source: str) -> None:
+    # A local checkpoint needs no hub; without this, libraries still try to reach it.
+    if Path(model_source).is_dir():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from gdn_serve.tiny_model import TinyModelSpec, write_tiny_model
+
+    out = Path(args.out) if args.out else paths.default_model_dir()
+    print(write_tiny_model(out, TinyModelSpec(seed=args.seed)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gdn_serve.serve.local import (
+        LocalOptions,
+        LocalStack,
+        interrupt_on_signals,
+        wait_until_serving,
+    )
+
+    paths.apply_cache_env()
+    opts = LocalOptions(
+        model=args.model,
+        served_model_name=args.served_model_name,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        max_model_len=args.max_model_len,
+        replicas=args.replicas,
+        enforce_eager=args.enforce_eager,
+        kv_cache_gib=args.kv_cache_gib,
+    )
+    opts.validate()
+    interrupt_on_signals()  # SIGTERM takes the same way out as Ctrl-C: through stack.stop()
+    model_source = resolve_model(args.model)
+    _offline_if_local(model_source)
+    stack = LocalStack(opts, model_source, handle_signals=True)
+    try:
+        stack.start()
+        wait_until_serving(stack.api_url)
+        print(banner(stack), flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("\ngdn-serve: stopping (Serve, Ray, vLLM)...", flush=True)
+    finally:
+        stack.stop()
+        print("gdn-serve: stopped", flush=True)
+    return 0
+
+
+def banner(stack: Any) -> str:
+    config = stack.config
+    return "\n".join(
+        [
+            f"gdn-serve: serving {config.served_model_name!r} from {config.model_source}",
+            f"  OpenAI API  {stack.api_url}   (e.g. {stack.api_url}/models)",
+            f"  Metrics     {stack.metrics_url}   (vLLM as ray_vllm_*, Ray Serve as ray_serve_*)",
+            "  Ctrl-C stops the stack.",
+        ]
+    )
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from gdn_serve.backends.report import describe_local_choice
+
+    print(describe_local_choice(args.backend))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gdn_serve.kernels.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def cmd_bench_stack(args: argparse.Namespace) -> int:
+    from gdn_serve.bench_stack import main as bench_stack_main
+
+    return bench_stack_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gdn-serve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve a model locally (loopback only)")
+    run.add_argument("--model", help="checkpoint path or hub id (default: the tiny model)")
+    run.add_argument("--served-model-name", help="name clients use (default: from the model)")
+    run.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    run.add_argument("--port", type=int, default=8000, help="OpenAI API port")
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port")
+    run.add_argument("--max-model-len", type=int, default=2048)
+    run.add_argument("--replicas", type=int, default=1, help="vLLM engine replicas")
+    run.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
+    run.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size per engine")
+    run.set_defaults(func=cmd_run)
+
+    tiny = sub.add_parser("tiny-model", help="write the tiny random-weight Qwen3.5 checkpoint")
+    tiny.add_argument("--out", help="folder (default: the cache folder's models/tiny-qwen35)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    backends = sub.add_parser("backends", help="which GDN decode kernel this machine picks")
+    backends.add_argument("--backend", help="check a forced backend instead of 'auto'")
+    backends.set_defaults(func=cmd_backends)
+
+    for name, func, text in (
+        ("bench", cmd_bench, "GDN decode kernel benchmark (GPU); --help for its options"),
+        ("bench-stack", cmd_bench_stack, "vLLM's OpenAI server vs this stack; --help for more"),
+    ):
+        bench = sub.add_parser(name, help=text, add_help=False)
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
+        bench.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The local stack: a private Ray on this machine running the Serve application, loopback only.
+
+`LocalStack.start()` prepares the environment (caches in the project's cache folder, a per-run
+Ray auth token, loopback binds, direct streaming), starts Ray and the application, and
+returns once the API answers; `stop()` shuts Serve and Ray down, ends any process of the tree
+that outlived them, and removes the run's socket files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gdn_serve import paths
+from gdn_serve.serve import loopback
+from gdn_serve.serve.config import AppConfig, ArchDeployment
+
+APP_NAME = "gdn-serve"
+DEFAULT_SERVED_NAME = "tiny-qwen35"
+# HAProxy refuses Unix socket paths over 97 bytes and Serve adds "/<56-hex node id>/<name>".
+_MAX_SOCKET_DIR = 97 - 58 - 1
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    model: str | None = None  # None: the embedded tiny model; else a local path or a hub id
+    served_model_name: str | None = None
+    host: str = loopback.LOOPBACK
+    port: int = 8000
+    metrics_port: int = 8080
+    max_model_len: int = 2048
+    replicas: int = 1
+    enforce_eager: bool = False
+    kv_cache_gib: float = 1.0
+    extra_engine_kwargs: dict[str, object] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not is_loopback(self.host):
+            raise ValueError(f"--host {self.host!r}: the local stack listens on loopback only")
+        if self.replicas < 1 or self.max_model_len < 1 or self.kv_cache_gib <= 0:
+            raise ValueError("replicas, max model length and KV cache size must be positive")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def served_name(opts: LocalOptions, model_source: str) -> str:
+    if opts.served_model_name:
+        return opts.served_model_name
+    return DEFAULT_SERVED_NAME if opts.model is None else Path(model_source).name or model_source
+
+
+def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
+    """The application for one CPU arch deployment with `opts.replicas` vLLM engines."""
+    engine = {
+        "dtype": "bfloat16",  # vLLM's CPU GDN kernels require bf16
+        "enforce_eager": opts.enforce_eager,
+        "kv_cache_memory_bytes": int(opts.kv_cache_gib * 2**30),
+        **opts.extra_engine_kwargs,
+    }
+    arch = ArchDeployment(
+        arch="cpu", use_gpu=False, min_replicas=opts.replicas, max_replicas=opts.replicas
+    )
+    return AppConfig(
+        model_source=model_source,
+        served_model_name=served_name(opts, model_source),
+        archs=(arch,),
+        max_model_len=opts.max_model_len,
+        engine_kwargs=engine,
+        loopback_only=True,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((loopback.LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def socket_dir(root: Path) -> Path:
+    """Folder for HAProxy's Unix sockets, short enough for the 97-byte socket path limit."""
+    path = root / "s"
+    if len(str(path)) > _MAX_SOCKET_DIR:
+        raise ValueError(
+            f"the cache folder {root} is too long for Unix socket paths; set "
+            f"{paths.CACHE_ENV_VAR} to a folder of at most {_MAX_SOCKET_DIR - 2} characters"
+        )
+    return path
+
+
+def stack_env(root: Path, sockets: Path) -> dict[str, str]:
+    """Environment of the whole process tree: caches, auth, loopback, direct streaming."""
+    env = paths.cache_env(root)
+    env.update(
+        {
+            # Single-node Ray: node address 127.0.0.1. Without it Ray swaps the 127.0.0.1 we pass
+            # for the machine's external address and binds its servers there.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # Token auth without writing ~/.ray/auth_token: a fresh token per run, inherited.
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(16),
+            # Direct streaming: HAProxy forwards to the LLM replica's own vLLM server, skipping
+            # the ingress hop and Serve's 50 ms stream batching (docs/architecture.md).
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(loopback.haproxy_wrapper()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(sockets / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(sockets / "a"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(sockets / "m"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(sockets),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(sockets / "state"),
+            # A local Ctrl-C need not wait out the 30 s drain meant for rolling cluster updates.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+            "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
+            # Ray runs workers at nice 15; the engine must not lose the CPU to its own clients.
+            "RAY_worker_niceness": "0",
+        }
+    )
+    return env
+
+
+def remove_sockets(*folders: Path) -> None:
+    """Unlink the Unix socket files a run leaves behind (Ray, HAProxy, vLLM's ZMQ IPC)."""
+    for folder in folders:
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            if path.is_socket() or (path.is_file() and stat.S_ISSOCK(path.lstat().st_mode)):
+                path.unlink(missing_ok=True)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_signals() -> None:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt. SIGINT explicitly too: a process
+    started in the background by a non-interactive shell inherits SIGINT ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+
+
+class LocalStack:
+    """Ray + the Serve application on this machine. Use as a context manager."""
+
+    def __init__(
+        self, opts: LocalOptions, model_source: str, *, handle_signals: bool = False
+    ) -> None:
+        opts.validate()
+        self.opts = opts
+        self.handle_signals = handle_signals
+        self.config = app_config(opts, model_source)
+        self.root = paths.cache_root()
+        self.sockets = socket_dir(self.root)
+        self._started = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.opts.host}:{self.opts.port}/v1"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{loopback.LOOPBACK}:{self.opts.metrics_port}/metrics"
+
+    def start(self) -> LocalStack:
+        os.environ.update(stack_env(self.root, self.sockets))
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        import ray
+        from ray import serve
+
+        from gdn_serve.serve.app import build_app
+
+        self._started = True
+        ray.init(
+            include_dashboard=False,
+            namespace=APP_NAME,
+            _node_ip_address=loopback.LOOPBACK,
+            _metrics_export_port=self.opts.metrics_port,
+            _temp_dir=str(self.root / "ray"),
+            runtime_env={"worker_process_setup_hook": loopback.SETUP_HOOK},
+            log_to_driver=os.environ.get("GDN_SERVE_QUIET") != "1",
+        )
+        if self.handle_signals:
+            # ray.init() installs its core worker's own SIGTERM handler, which ends the driver
+            # on the spot and orphans the tree; take SIGINT/SIGTERM back so both reach stop().
+            interrupt_on_signals()
+        serve.start(http_options={"host": self.opts.host, "port": self.opts.port})
+        serve.run(build_app(self.config.to_dict()), name=APP_NAME, route_prefix="/")
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Shut everything down; end whatever process of the tree outlived Ray's shutdown."""
+        if not self._started:
+            return
+        import psutil
+        import ray
+        from ray import serve
+
+        tree = psutil.Process().children(recursive=True)
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+            for proc in alive:
+                proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+            remove_sockets(self.sockets, self.root / "ray", self.root / "tmp")
+            self._started = False
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until_serving(url: str, timeout_s: float = 60.0) -> None:
+    """Poll `<api>/models` until it answers 200 (HAProxy may lag the Serve app by a moment)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    models_url = url.rstrip("/") + "/models"
+    while True:
+        try:
+            with urllib.request.urlopen(models_url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{models_url} did not answer within {timeout_s:.0f}s")
+        time.sleep(0.5)

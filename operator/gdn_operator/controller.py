@@ -118,6 +118,7 @@ class Controller:
             inventory=self.nodes_view.inventory,
         )
         self.reconciler = Reconciler(api, caches, recorder, metrics, options.manifest)
+        self._working = threading.Event()
 
     def ready(self) -> bool:
         return all(i.synced.is_set() for i in self.informers)
@@ -127,6 +128,7 @@ class Controller:
         threads = [_start(f"watch-{i.resource.plural}", i.run, stop) for i in self.informers]
         self._wait_for_caches(stop)
         threads += [_start(f"worker-{n}", self._work) for n in range(self.options.workers)]
+        self._working.set()
         self.metrics.watch_objects(self.deployments.items)
         try:
             while not stop.wait(self.options.resync_s):
@@ -219,6 +221,8 @@ class Controller:
         before, after = self.nodes_view.update(name, new)
         if before == after:
             return  # heartbeats, unrelated labels: nothing the planner looks at
+        if not self._working.is_set():
+            return  # initial listing: every deployment is queued anyway, workers not started
         for cr in self.deployments.items():
             if _may_use(cr, before) or _may_use(cr, after):
                 self.queue.add(object_key(cr))

@@ -86,8 +86,12 @@ class Reconciler:
         if cr is None or cr["metadata"].get("deletionTimestamp"):
             # Owner references hand the RayService to the garbage collector; nothing to do.
             return None
-        rs = self.caches.rayservice(key) or self._read_rayservice(cr)
+        rs = self.caches.rayservice(key)
         decision = self.decide(cr, rs)
+        if decision.desired is not None and rs is None:
+            rs = self._read_rayservice(cr)  # about to create: is the name really free?
+            if rs is not None:
+                decision = self.decide(cr, rs)
         problem = decision.problem
         if decision.desired is not None and needs_apply(decision.desired, rs):
             rs, problem = self._apply(cr, decision, rs)
@@ -101,8 +105,8 @@ class Reconciler:
         return None if problem.reason in ("InvalidSpec", "NoSchedulableArch") else RECHECK_S
 
     def _read_rayservice(self, cr: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The cache only holds RayServices this operator labelled; before creating one, make
-        sure nobody else's has the name (server-side apply would take it over)."""
+        """The cache only holds RayServices this operator labelled, so it cannot tell that
+        someone else's has the name (server-side apply would take it over): ask the server."""
         meta = cr["metadata"]
         try:
             return self.api.get(RAYSERVICES, meta["name"], meta["namespace"])

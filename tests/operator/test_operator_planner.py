@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from gdn_operator.inventory import build_inventory
 from gdn_operator.planner import Plan, plan_deployment
 from gdn_operator.spec import parse_spec
+from k8s_binaries import ROOT
 from operator_testlib import H100, L40S, QWEN35_35B_A3B, RTX4090, cpu_node, gpu_node, model
 
 MOE_BF16 = {"model": model(QWEN35_35B_A3B, maxModelLen=32768)}
@@ -247,3 +249,18 @@ def test_gpu_memory_utilization_from_engine_args_changes_the_fit() -> None:
     spec = {**MOE_AWQ, "engineArgs": {"gpu_memory_utilization": 0.5}}
     plan = plan_deployment(parse_spec(spec), build_inventory(four090s(1)))
     assert not plan.archs and "does not fit" in plan.excluded[0].reason
+
+
+SAMPLE_CLUSTERS = {
+    "rtx4090-only": ([gpu_node(f"rtx-{i}", RTX4090) for i in range(4)], {"sm89": 1}),
+    "h100-only": ([gpu_node("h-0", H100, gpus=8)], {"sm90": 1}),
+    "mixed": ([gpu_node("rtx-0", RTX4090), gpu_node("h-0", H100, gpus=8)], {"sm89": 1, "sm90": 1}),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLE_CLUSTERS)
+def test_chart_samples_plan_on_the_clusters_they_are_for(name: str) -> None:
+    sample = yaml.safe_load((ROOT / f"charts/qwen35-stack/examples/{name}.yaml").read_text())
+    nodes, expected = SAMPLE_CLUSTERS[name]
+    plan = plan_deployment(parse_spec(sample["spec"]), build_inventory(nodes))
+    assert {a.arch: a.tensor_parallel_size for a in plan.archs} == expected

@@ -45,12 +45,8 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gdn_serve.serve.local import (
-        LocalOptions,
-        LocalStack,
-        interrupt_on_signals,
-        wait_until_serving,
-    )
+    from gdn_serve.serve.local import LocalOptions, LocalStack, interrupt_on_signals
+    from gdn_serve.servers import wait_until_serving
 
     paths.apply_cache_env()
     opts = LocalOptions(

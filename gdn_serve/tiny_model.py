@@ -7,9 +7,9 @@ hidden size) and a byte-level tokenizer with a ChatML chat template. Nothing is 
 Peaked logits, on purpose. With plain random weights the top two logits are often within bf16
 noise of each other, so greedy decoding flips between paths whenever batching changes the
 arithmetic, and "same greedy output as plain vLLM" cannot be tested. Here the embedding rows
-are large and the LM head maps each token's embedding direction to a fixed successor token
-(printable ASCII only, never a special token, so generation runs to max_tokens), so the winning logit leads the rest by a wide
-margin. Every layer still runs with random weights at the usual initialisation scale.
+are orthogonal and the LM head maps each one to a fixed successor token (printable ASCII only,
+never a special token, so generation always runs to max_tokens), so the winning logit leads
+the rest by a wide margin. Every layer still runs, with random weights at the usual scale.
 """
 
 from __future__ import annotations
@@ -86,32 +86,28 @@ def build_config(spec: TinyModelSpec, eos_token_id: int, pad_token_id: int) -> A
     return config
 
 
-def successor_map(vocab_size: int, printable_ids: list[int], seed: int) -> list[int]:
-    """For every token id, the token the model should predict next (always printable)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    succ = [int(t) for t in rng.choice(printable_ids, size=vocab_size)]
-    for src, dst in zip(printable_ids, rng.permutation(printable_ids), strict=True):
-        succ[src] = int(dst)  # a permutation on printable text: output never gets stuck
-    return succ
-
-
-def peak_logits(model: Any, succ: list[int], seed: int) -> None:
-    """Large embedding rows, and an LM head whose row j points at the tokens whose successor
-    is j: the successor's logit then leads the others by roughly 0.9 of the top logit."""
+def peak_logits(model: Any, printable_ids: list[int], seed: int) -> None:
+    """Orthogonal embedding rows for the printable tokens (every other token shares the row of
+    a printable one), and an LM head that maps each row to a fixed successor, a permutation of
+    the printable tokens. The successor's logit is then about |h| and every other about 0."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
+    vocab, hidden = embed.shape
+    count = len(printable_ids)
+    if count > hidden:
+        raise ValueError(f"{count} printable tokens need hidden_size >= {count}")
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(hidden, count, generator=gen)).Q.T  # orthonormal rows
+    ids = torch.tensor(printable_ids)
+    row_of = torch.randint(count, (vocab,), generator=gen)  # the others borrow a printable row
+    row_of[ids] = torch.arange(count)
+    successor = torch.randperm(count, generator=gen)  # one cycle structure over printable text
     with torch.no_grad():
-        rows = torch.randn(embed.shape, generator=gen, dtype=torch.float32)
-        embed.copy_(rows)
-        unit = rows / rows.norm(dim=-1, keepdim=True)
-        target = torch.zeros_like(unit)
-        target.index_add_(0, torch.tensor(succ), unit)
-        head.copy_(target)
+        embed.copy_(basis[row_of] * hidden**0.5)  # RMS 1, as the first norm expects
+        head.zero_()
+        head[ids[successor]] = basis
 
 
 def write_tiny_model(out_dir: Path, spec: TinyModelSpec | None = None) -> Path:
@@ -128,7 +124,7 @@ def write_tiny_model(out_dir: Path, spec: TinyModelSpec | None = None) -> Path:
     model = Qwen3_5ForCausalLM(config)
     # Printable ASCII; byte-level BPE spells the space as "Ġ".
     printable = [tokenizer.convert_tokens_to_ids(c) for c in ["Ġ", *map(chr, range(0x21, 0x7F))]]
-    peak_logits(model, successor_map(spec.vocab_size, printable, spec.seed), spec.seed)
+    peak_logits(model, printable, spec.seed)
     model = model.to(torch.bfloat16)
 
     out_dir.mkdir(parents=True, exist_ok=True)

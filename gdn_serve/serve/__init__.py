@@ -1,1 +1,1 @@
-"""The Ray Serve application: OpenAI-compatible API over vLLM engines, one LLM deployment per GPU arch."""
+"""The Ray Serve application: OpenAI API over vLLM engines, one LLM deployment per GPU arch."""

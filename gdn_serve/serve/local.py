@@ -14,7 +14,6 @@ import secrets
 import signal
 import socket
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,21 +225,3 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_until_serving(url: str, timeout_s: float = 60.0) -> None:
-    """Poll `<api>/models` until it answers 200 (HAProxy may lag the Serve app by a moment)."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    models_url = url.rstrip("/") + "/models"
-    while True:
-        try:
-            with urllib.request.urlopen(models_url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{models_url} did not answer within {timeout_s:.0f}s")
-        time.sleep(0.5)

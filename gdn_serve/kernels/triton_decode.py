@@ -47,9 +47,11 @@ def _gdn_decode_kernel(
     BV: tl.constexpr,
     L2NORM: tl.constexpr,
 ):
-    # Axis 0 walks (sequence, head) pairs: it has no 65535 limit, so any batch fits.
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
+    # One axis (no 65535 limit, any batch fits), V blocks of a head adjacent: neighbouring
+    # programs stream neighbouring state, which the DRAM pages reward.
+    NV: tl.constexpr = V // BV
+    i_nh = tl.program_id(0) // NV
+    i_v = tl.program_id(0) % NV
     i_n = i_nh // HV
     i_hv = i_nh % HV
     o_v = i_v * BV + tl.arange(0, BV)
@@ -62,8 +64,7 @@ def _gdn_decode_kernel(
 
     o_k = tl.arange(0, K)
     p_h = state + slot * stride_slot + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
-    # The state is touched exactly once per step: keep it from displacing reusable lines.
-    h = tl.load(p_h, eviction_policy="evict_first").to(tl.float32)
+    h = tl.load(p_h).to(tl.float32)
 
     row = mixed_qkv + i_n * stride_x
     q, k = load_qk(row, i_hv // (HV // HK), HK, K, L2NORM, scale)
@@ -72,7 +73,7 @@ def _gdn_decode_kernel(
 
     h, o = delta_rule_step(h, q, k, v, decay, beta)
     tl.store(p_out, o.to(p_out.dtype.element_ty))
-    tl.store(p_h, h.to(p_h.dtype.element_ty), cache_modifier=".cs")
+    tl.store(p_h, h.to(p_h.dtype.element_ty))
 
 
 def check_decode_args(
@@ -132,7 +133,7 @@ def gdn_decode(
     cfg.check(dims.v)
     if batch == 0:
         return out, initial_state
-    _gdn_decode_kernel[(batch * dims.hv, dims.v // cfg.block_v)](
+    _gdn_decode_kernel[(batch * dims.hv * (dims.v // cfg.block_v),)](
         mixed_qkv,
         a,
         b,

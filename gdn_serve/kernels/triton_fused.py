@@ -5,16 +5,16 @@ vLLM runs this as `causal_conv1d_update`, the packed decode kernel and `RMSNormG
 zero-fill of the output buffer and two copies making `a`/`b` contiguous): each launch costs a few
 microseconds of latency at small batch and round-trips the activations through memory.
 
-One program owns (sequence, value head, block of V rows), as in the plain decode kernel. Two
-things cross programs, and both use the "last to arrive" pattern (an atomic counter per group;
-the program that brings it to its target finishes the group's work and resets it to zero for
-the next launch, so the counters stay valid across CUDA-graph replays):
+One program owns (sequence, value head, block of V rows), as in the plain decode kernel. What
+crosses programs is settled once per program, at its end, with the "last to arrive" pattern: an
+atomic counter per (sequence, key head); the program that brings it to G x NV (G = HV/HK value
+heads per key head, NV blocks per head) finishes the group's work and resets the counter to zero
+for the next launch, so it stays valid across CUDA-graph replays. That work is:
 
-* the conv state of the q/k channels of a key head, read by all HV/HK value heads x V blocks of
-  that group: every reader convolves from the old state; only the last arrival writes the
-  shifted state, so no reader can see a half-updated window;
-* the RMSNorm of a head whose V rows are split over programs: each writes its unnormalised rows
-  to a float32 scratch row; the last arrival normalises the whole head.
+* the conv state of the key head's q/k channels, which every program of the group convolved
+  from the old window: only the last one shifts it, so no reader sees a half-updated window;
+* when V is split (NV > 1), the RMSNorm of the G heads: each program leaves its unnormalised
+  rows in a float32 scratch row, the last one normalises whole heads.
 
 The v channels' conv state belongs to exactly one program and is updated there.
 """
@@ -33,33 +33,42 @@ from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, normaliz
 
 
 @triton.jit
-def _conv_channels(
+def _conv_out(
     x_row, cs_slot, w, bias, ch, stride_cs_dim, stride_cs_tok, stride_w_dim,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
-    """One conv1d step for channels `ch`: returns (output fp32, x, shifted state window)."""
-    taps = tl.arange(0, WP)[None, :]
-    p_cs = cs_slot + ch[:, None] * stride_cs_dim
-    old = tl.load(p_cs + taps * stride_cs_tok, mask=taps < W - 1, other=0.0)
-    nxt = tl.load(p_cs + (taps + 1) * stride_cs_tok, mask=taps < W - 2, other=0.0)
+    """The conv1d output (float32) of channels `ch` over [old window, x]; writes nothing.
+
+    Tiles are [taps, channels]: channels vary fastest, which vLLM's default conv state layout
+    (state_len, dim) stores contiguously. vLLM rounds this output to the activation dtype (it
+    goes through memory); here it stays in registers in float32, closer to the float64
+    reference."""
+    taps = tl.arange(0, WP)[:, None]
+    old = tl.load(cs_slot + ch[None, :] * stride_cs_dim + taps * stride_cs_tok,
+                  mask=taps < W - 1, other=0.0)  # fmt: skip
     x = tl.load(x_row + ch).to(old.dtype)  # vLLM casts x to the conv state dtype first
-    window = tl.where(taps == W - 1, x[:, None], old).to(tl.float32)
-    wt = tl.load(w + ch[:, None] * stride_w_dim + taps, mask=taps < W, other=0.0)
-    acc = tl.sum(window * wt.to(tl.float32), 1)
+    window = tl.where(taps == W - 1, x[None, :], old).to(tl.float32)
+    wt = tl.load(w + ch[None, :] * stride_w_dim + taps, mask=taps < W, other=0.0)
+    acc = tl.sum(window * wt.to(tl.float32), 0)
     if HAS_BIAS:
         acc += tl.load(bias + ch).to(tl.float32)
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    # vLLM rounds the conv output to the activation dtype (it goes through memory); here it
-    # stays in registers, so it stays float32: closer to the float64 reference than vLLM.
-    return acc, tl.where(taps == W - 2, x[:, None], nxt)
+    return acc
 
 
 @triton.jit
-def _store_window(cs_slot, ch, window, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
-                  WP: tl.constexpr):  # fmt: skip
-    taps = tl.arange(0, WP)[None, :]
-    p = cs_slot + ch[:, None] * stride_cs_dim + taps * stride_cs_tok
+def _conv_shift(x_row, cs_slot, ch, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
+                WP: tl.constexpr):  # fmt: skip
+    """Shift the window of channels `ch` left by one and append x. Every thread loads what it
+    needs before the barrier, so none overwrites a tap another has yet to read (layouts may
+    replicate a channel over threads)."""
+    taps = tl.arange(0, WP)[:, None]
+    p = cs_slot + ch[None, :] * stride_cs_dim + taps * stride_cs_tok
+    nxt = tl.load(p + stride_cs_tok, mask=taps < W - 2, other=0.0)
+    x = tl.load(x_row + ch).to(nxt.dtype)
+    window = tl.where(taps == W - 2, x[None, :], nxt)
+    tl.debug_barrier()
     tl.store(p, window, mask=taps < W - 1)
 
 
@@ -98,8 +107,9 @@ def _gdn_fused_kernel(
 ):  # fmt: skip
     NV: tl.constexpr = V // BV
     G: tl.constexpr = HV // HK
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
+    # One axis, V blocks of a head adjacent: neighbouring programs stream neighbouring state.
+    i_nh = tl.program_id(0) // NV
+    i_v = tl.program_id(0) % NV
     i_n = i_nh // HV
     i_hv = i_nh % HV
     i_h = i_hv // G
@@ -113,61 +123,66 @@ def _gdn_fused_kernel(
 
     o_k = tl.arange(0, K)
     p_h = state + slot * stride_slot + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
-    h = tl.load(p_h, eviction_policy="evict_first").to(tl.float32)
+    h = tl.load(p_h).to(tl.float32)
 
     x_row = x + i_n * stride_x
     cs_slot = conv_state + slot * stride_cs_slot
     ch_q = i_h * K + o_k
     ch_k = HK * K + i_h * K + o_k
     ch_v = 2 * HK * K + i_hv * V + o_v
-    q, win_q = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_q, stride_cs_dim,
-                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    k, win_k = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_k, stride_cs_dim,
-                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    v, win_v = _conv_channels(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim,
-                              stride_cs_tok, stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    tl.debug_barrier()  # all windows read before this program overwrites any of them
-    _store_window(cs_slot, ch_v, win_v, stride_cs_dim, stride_cs_tok, W, WP)
-    if G * NV == 1 or _arrive(counters + i_n * (HK + HV) + i_h, G * NV):
-        _store_window(cs_slot, ch_q, win_q, stride_cs_dim, stride_cs_tok, W, WP)
-        _store_window(cs_slot, ch_k, win_k, stride_cs_dim, stride_cs_tok, W, WP)
+    q = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_q, stride_cs_dim, stride_cs_tok,
+                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    k = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_k, stride_cs_dim, stride_cs_tok,
+                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    v = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim, stride_cs_tok,
+                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    _conv_shift(x_row, cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
 
     q, k = normalize_qk(q, k, L2NORM, scale)
     decay, beta = gate_params(a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias, i_hv)
     h, o = delta_rule_step(h, q, k, v, decay, beta)
-    tl.store(p_h, h.to(p_h.dtype.element_ty), cache_modifier=".cs")
+    tl.store(p_h, h.to(p_h.dtype.element_ty))
 
-    z_row = z + i_n * stride_z_tok + i_hv * stride_z_head
     if NV == 1:
+        z_row = z + i_n * stride_z_tok + i_hv * stride_z_head
         _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
     else:
-        p_part = partial + i_nh * V
-        tl.store(p_part + o_v, o)
-        if _arrive(counters + i_n * (HK + HV) + HK + i_hv, NV):
+        tl.store(partial + i_nh * V + o_v, o)
+    if G * NV == 1 or _arrive(counters + i_n * HK + i_h, G * NV):
+        # every program of the key head has read the q/k windows and left its rows
+        _conv_shift(x_row, cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
+        _conv_shift(x_row, cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
+        if NV > 1:
             o_all = tl.arange(0, V)
-            o_full = tl.load(p_part + o_all, cache_modifier=".cg")  # written by other SMs
-            _gated_norm_store(o_full, o_all, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+            for g in tl.static_range(G):
+                i_head = i_n * HV + i_h * G + g
+                # written by other SMs: read from L2, past this SM's L1
+                o_full = tl.load(partial + i_head * V + o_all, cache_modifier=".cg")
+                z_row = z + i_n * stride_z_tok + (i_h * G + g) * stride_z_head
+                _gated_norm_store(o_full, o_all, z_row, norm_w, out + i_head * V, eps, V,
+                                  GATE_SIGMOID)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class FusedWorkspace:
-    """Scratch the fused kernel keeps between launches: arrival counters (zero between
-    launches; the kernel resets them) and one float32 row per (sequence, head) for the norm."""
+    """Scratch the fused kernel keeps between launches: an arrival counter per (sequence, key
+    head), zero between launches (the kernel resets it), and one float32 row per (sequence,
+    head) for the norm."""
 
-    counters: torch.Tensor  # int32 [max_batch, HK + HV]
+    counters: torch.Tensor  # int32 [max_batch, HK]
     partial: torch.Tensor  # float32 [max_batch, HV, V]
 
     @staticmethod
     def allocate(max_batch: int, dims: HeadDims, device: torch.device) -> FusedWorkspace:
         return FusedWorkspace(
-            counters=torch.zeros(max_batch, dims.hk + dims.hv, dtype=torch.int32, device=device),
+            counters=torch.zeros(max_batch, dims.hk, dtype=torch.int32, device=device),
             partial=torch.empty(max_batch, dims.hv, dims.v, dtype=torch.float32, device=device),
         )
 
     def fits(self, batch: int, dims: HeadDims) -> bool:
         return (
             self.counters.shape[0] >= batch
-            and self.counters.shape[1] == dims.hk + dims.hv
+            and self.counters.shape[1] == dims.hk
             and self.partial.shape[1:] == (dims.hv, dims.v)
         )
 
@@ -235,7 +250,7 @@ def gdn_fused_decode(
         return out
     width = params.conv_weight.shape[-1]
     bias = params.conv_bias if params.conv_bias is not None else params.conv_weight
-    _gdn_fused_kernel[(batch * dims.hv, dims.v // cfg.block_v)](
+    _gdn_fused_kernel[(batch * dims.hv * (dims.v // cfg.block_v),)](
         mixed_qkv, a, b, z, conv_state, params.conv_weight, bias, params.A_log, params.dt_bias,
         params.norm_weight, ssm_state, indices, out, workspace.counters, workspace.partial,
         params.scale, params.norm_eps,

@@ -20,8 +20,8 @@ from gdn_serve.kernels.launch import LaunchConfig
 CANDIDATES: tuple[LaunchConfig, ...] = tuple(
     LaunchConfig(bv, w)
     for bv, w in (
-        (4, 1), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2), (16, 4),
-        (32, 2), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8),
+        (2, 1), (4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (16, 4), (32, 1),
+        (32, 2), (32, 4), (32, 8), (64, 2), (64, 4), (64, 8), (128, 8),
     )
 )  # fmt: skip
 

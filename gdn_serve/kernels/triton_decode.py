@@ -131,6 +131,8 @@ def gdn_decode(
         "decode", device_arch(mixed_qkv.device), initial_state.dtype, dims.hv, batch
     )
     cfg.check(dims.v)
+    if cfg.per_key_head:
+        raise ValueError("the decode kernel has no per-key-head mode (the fused kernel has)")
     if batch == 0:
         return out, initial_state
     _gdn_decode_kernel[(batch * dims.hv * (dims.v // cfg.block_v),)](

@@ -58,18 +58,21 @@ def _conv_out(
 
 
 @triton.jit
-def _conv_shift(x_row, cs_slot, ch, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
-                WP: tl.constexpr):  # fmt: skip
-    """Shift the window of channels `ch` left by one and append x. Every thread loads what it
-    needs before the barrier, so none overwrites a tap another has yet to read (layouts may
-    replicate a channel over threads)."""
+def _conv_next(x_row, cs_slot, ch, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
+               WP: tl.constexpr):  # fmt: skip
+    """The shifted window of channels `ch` (old taps 1.., then x) and where it goes. Stored
+    only after a barrier, once every thread has read the old window (layouts may replicate a
+    channel over threads)."""
     taps = tl.arange(0, WP)[:, None]
     p = cs_slot + ch[None, :] * stride_cs_dim + taps * stride_cs_tok
     nxt = tl.load(p + stride_cs_tok, mask=taps < W - 2, other=0.0)
     x = tl.load(x_row + ch).to(nxt.dtype)
-    window = tl.where(taps == W - 2, x[None, :], nxt)
-    tl.debug_barrier()
-    tl.store(p, window, mask=taps < W - 1)
+    return p, tl.where(taps == W - 2, x[None, :], nxt)
+
+
+@triton.jit
+def _store_window(p, window, W: tl.constexpr, WP: tl.constexpr):
+    tl.store(p, window, mask=tl.arange(0, WP)[:, None] < W - 1)
 
 
 @triton.jit
@@ -96,62 +99,102 @@ def _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V: tl.constexpr,
 
 
 @triton.jit
+def _head_step(
+    x_row, cs_slot, conv_w, conv_b, h_base, q, k, decay_beta_a, decay_beta_b, A_log, dt_bias,
+    z_row, norm_w, p_out, p_part, i_hv, o_v, eps, stride_cs_dim, stride_cs_tok, stride_w_dim,
+    HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr, NV: tl.constexpr, W: tl.constexpr,
+    WP: tl.constexpr, HAS_BIAS: tl.constexpr, CONV_SILU: tl.constexpr,
+    GATE_SIGMOID: tl.constexpr,
+):  # fmt: skip
+    """One value head's block of V rows: v conv (and its state shift), delta rule, state
+    write-back, then the gated norm (whole head here) or the unnormalised rows (split head)."""
+    o_k = tl.arange(0, K)
+    p_h = h_base + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
+    h = tl.load(p_h).to(tl.float32)
+    ch_v = 2 * HK * K + i_hv * V + o_v
+    v = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim, stride_cs_tok,
+                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    p_win, win = _conv_next(x_row, cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
+    tl.debug_barrier()
+    _store_window(p_win, win, W, WP)
+    decay, beta = gate_params(decay_beta_a, decay_beta_b, A_log, dt_bias, i_hv)
+    h, o = delta_rule_step(h, q, k, v, decay, beta)
+    tl.store(p_h, h.to(p_h.dtype.element_ty))
+    if NV == 1:
+        _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+    else:
+        tl.store(p_part + o_v, o)
+
+
+@triton.jit
 def _gdn_fused_kernel(
     x, a, b, z, conv_state, conv_w, conv_b, A_log, dt_bias, norm_w, state, indices, out,
     counters, partial, scale, eps,
     stride_x, stride_a, stride_b, stride_z_tok, stride_z_head,
     stride_cs_slot, stride_cs_dim, stride_cs_tok, stride_w_dim, stride_slot, stride_idx,
     HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
-    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, CONV_SILU: tl.constexpr,
-    GATE_SIGMOID: tl.constexpr, L2NORM: tl.constexpr,
+    PER_KEY_HEAD: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    CONV_SILU: tl.constexpr, GATE_SIGMOID: tl.constexpr, L2NORM: tl.constexpr,
 ):  # fmt: skip
     NV: tl.constexpr = V // BV
     G: tl.constexpr = HV // HK
-    # One axis, V blocks of a head adjacent: neighbouring programs stream neighbouring state.
-    i_nh = tl.program_id(0) // NV
-    i_v = tl.program_id(0) % NV
-    i_n = i_nh // HV
-    i_hv = i_nh % HV
-    i_h = i_hv // G
+    # Heads per program: the whole key head's G value heads (large batch: no arrivals at
+    # all), or one, with V blocks of a head on adjacent program ids (small batch: parallelism).
+    HP: tl.constexpr = G if PER_KEY_HEAD else 1
+    ARRIVALS: tl.constexpr = (G // HP) * NV
+    if PER_KEY_HEAD:
+        i_n = tl.program_id(0) // HK
+        i_h = tl.program_id(0) % HK
+        i_hv0 = i_h * G
+        i_v = 0
+    else:
+        i_nh = tl.program_id(0) // NV
+        i_v = tl.program_id(0) % NV
+        i_n = i_nh // HV
+        i_hv0 = i_nh % HV
+        i_h = i_hv0 // G
     o_v = i_v * BV + tl.arange(0, BV)
-    p_out = out + i_nh * V
 
     slot = tl.load(indices + i_n * stride_idx).to(tl.int64)
     if slot <= 0:
-        tl.store(p_out + o_v, tl.zeros([BV], dtype=tl.float32).to(p_out.dtype.element_ty))
+        for j in tl.static_range(HP):
+            p_out = out + (i_n * HV + i_hv0 + j) * V + o_v
+            tl.store(p_out, tl.zeros([BV], dtype=tl.float32).to(p_out.dtype.element_ty))
         return
-
-    o_k = tl.arange(0, K)
-    p_h = state + slot * stride_slot + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
-    h = tl.load(p_h).to(tl.float32)
 
     x_row = x + i_n * stride_x
     cs_slot = conv_state + slot * stride_cs_slot
+    o_k = tl.arange(0, K)
     ch_q = i_h * K + o_k
     ch_k = HK * K + i_h * K + o_k
-    ch_v = 2 * HK * K + i_hv * V + o_v
     q = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_q, stride_cs_dim, stride_cs_tok,
                   stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
     k = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_k, stride_cs_dim, stride_cs_tok,
                   stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    v = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim, stride_cs_tok,
-                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    _conv_shift(x_row, cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
-
     q, k = normalize_qk(q, k, L2NORM, scale)
-    decay, beta = gate_params(a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias, i_hv)
-    h, o = delta_rule_step(h, q, k, v, decay, beta)
-    tl.store(p_h, h.to(p_h.dtype.element_ty))
+    for j in tl.static_range(HP):
+        i_hv = i_hv0 + j
+        _head_step(
+            x_row, cs_slot, conv_w, conv_b, state + slot * stride_slot, q, k,
+            a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias,
+            z + i_n * stride_z_tok + i_hv * stride_z_head, norm_w, out + (i_n * HV + i_hv) * V,
+            partial + (i_n * HV + i_hv) * V, i_hv, o_v, eps, stride_cs_dim, stride_cs_tok,
+            stride_w_dim, HK, K, V, NV, W, WP, HAS_BIAS, CONV_SILU, GATE_SIGMOID,
+        )  # fmt: skip
 
-    if NV == 1:
-        z_row = z + i_n * stride_z_tok + i_hv * stride_z_head
-        _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+    # The key head's q/k windows: load the shifted ones now, so that only the stores wait
+    # for the arrival (whose barrier also covers this program's reads of the old ones).
+    p_wq, win_q = _conv_next(x_row, cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
+    p_wk, win_k = _conv_next(x_row, cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
+    if ARRIVALS == 1:
+        tl.debug_barrier()
+        last = True
     else:
-        tl.store(partial + i_nh * V + o_v, o)
-    if G * NV == 1 or _arrive(counters + i_n * HK + i_h, G * NV):
-        # every program of the key head has read the q/k windows and left its rows
-        _conv_shift(x_row, cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
-        _conv_shift(x_row, cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
+        last = _arrive(counters + i_n * HK + i_h, ARRIVALS)
+    if last:
+        # every program of the key head has read the old q/k windows and left its rows
+        _store_window(p_wq, win_q, W, WP)
+        _store_window(p_wk, win_k, W, WP)
         if NV > 1:
             o_all = tl.arange(0, V)
             for g in tl.static_range(G):
@@ -250,7 +293,8 @@ def gdn_fused_decode(
         return out
     width = params.conv_weight.shape[-1]
     bias = params.conv_bias if params.conv_bias is not None else params.conv_weight
-    _gdn_fused_kernel[(batch * dims.hv * (dims.v // cfg.block_v),)](
+    programs = batch * (dims.hk if cfg.per_key_head else dims.hv * (dims.v // cfg.block_v))
+    _gdn_fused_kernel[(programs,)](
         mixed_qkv, a, b, z, conv_state, params.conv_weight, bias, params.A_log, params.dt_bias,
         params.norm_weight, ssm_state, indices, out, workspace.counters, workspace.partial,
         params.scale, params.norm_eps,
@@ -258,8 +302,8 @@ def gdn_fused_decode(
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         params.conv_weight.stride(0), ssm_state.stride(0), indices.stride(0),
         HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v, BV=cfg.block_v,
-        W=width, WP=triton.next_power_of_2(width), HAS_BIAS=params.conv_bias is not None,
-        CONV_SILU=params.conv_activation is not None,
+        PER_KEY_HEAD=cfg.per_key_head, W=width, WP=triton.next_power_of_2(width),
+        HAS_BIAS=params.conv_bias is not None, CONV_SILU=params.conv_activation is not None,
         GATE_SIGMOID=params.gate_activation == "sigmoid", L2NORM=params.use_qk_l2norm,
         num_warps=cfg.num_warps,
     )  # fmt: skip

@@ -8,22 +8,26 @@ one arch, e.g. H100 and H200, share one table), with the GPUs, dates and version
 
 from __future__ import annotations
 
-import pprint
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 from gdn_serve.kernels.launch import LaunchConfig
 
 # (block_v, num_warps): from many one-warp programs (latency at small batch) to few wide ones
 # (bandwidth at large batch). V = 128, so block_v <= 128.
-CANDIDATES: tuple[LaunchConfig, ...] = tuple(
+DECODE_CANDIDATES: tuple[LaunchConfig, ...] = tuple(
     LaunchConfig(bv, w)
     for bv, w in (
         (2, 1), (4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (16, 4), (32, 1),
         (32, 2), (32, 4), (32, 8), (64, 2), (64, 4), (64, 8), (128, 8),
     )
 )  # fmt: skip
+# The fused kernel also has the mode with one program per key head (whole V, no arrivals).
+FUSED_CANDIDATES = DECODE_CANDIDATES + tuple(LaunchConfig(128, w, True) for w in (4, 8, 16))
+CANDIDATES = {"decode": DECODE_CANDIDATES, "fused": FUSED_CANDIDATES}
 
 Record = dict  # one timing: arch, gpu, kernel, dtype, hv, batch, block_v, num_warps, us
 
@@ -31,31 +35,65 @@ Record = dict  # one timing: arch, gpu, kernel, dtype, hv, batch, block_v, num_w
 def tune_shape(
     time_config: Callable[[LaunchConfig], float], base: Record
 ) -> tuple[LaunchConfig, list[Record]]:
-    """Time every candidate; returns the fastest and one record per candidate."""
-    records = [
-        {**base, "block_v": c.block_v, "num_warps": c.num_warps, "us": time_config(c)}
-        for c in CANDIDATES
-    ]
+    """Time every candidate of base["kernel"]; returns the fastest and one record each."""
+    records = [{**base, **asdict(c), "us": time_config(c)} for c in CANDIDATES[base["kernel"]]]
     best = min(records, key=lambda rec: (rec["us"] != rec["us"], rec["us"]))  # NaN = failed
-    return LaunchConfig(best["block_v"], best["num_warps"]), records
+    return _config(best), records
+
+
+def _config(rec: Record) -> LaunchConfig:
+    return LaunchConfig(rec["block_v"], rec["num_warps"], rec.get("per_key_head", False))
 
 
 def choose(records: Iterable[Record]) -> dict:
-    """TABLE[arch][kernel][dtype][hv][batch] = (block_v, num_warps), minimising the worst
-    slowdown over the GPUs that measured the shape."""
-    by_shape: dict[tuple, dict[tuple[int, int], dict[str, float]]] = defaultdict(dict)
+    """TABLE[(arch, kernel, dtype, hv)][batch] = (block_v, num_warps, per_key_head), minimising
+    the worst slowdown over the GPUs that measured the shape (a failed timing is NaN and never
+    wins)."""
+    by_shape: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(dict)
     for rec in records:
         key = (rec["arch"], rec["kernel"], rec["dtype"], rec["hv"], rec["batch"])
-        by_shape[key].setdefault((rec["block_v"], rec["num_warps"]), {})[rec["gpu"]] = rec["us"]
-    table: dict = {}
+        config = tuple(asdict(_config(rec)).values())
+        by_shape[key].setdefault(config, {})[rec["gpu"]] = rec["us"]
+    table: dict[tuple[str, str, str, int], dict[int, tuple]] = {}
     for (arch, kernel, dtype, hv, batch), timings in sorted(by_shape.items()):
         gpus = set.intersection(*(set(t) for t in timings.values()))
         best = {g: min(t[g] for t in timings.values()) for g in gpus}
-        config = min(timings, key=lambda c: max(timings[c][g] / best[g] for g in gpus))
-        table.setdefault(arch, {}).setdefault(kernel, {}).setdefault(dtype, {}).setdefault(hv, {})[
-            batch
-        ] = config
+        table.setdefault((arch, kernel, dtype, hv), {})[batch] = min(
+            timings, key=lambda c: _worst(timings[c], best, gpus)
+        )
     return table
+
+
+_TABLE_TEMPLATE = '''"""Tuned launch configs; do not edit. Written by
+`python -m gdn_serve.kernels.bench --write-table RUN.json...` from GPU runs made with
+`bench --tune --out RUN.json`.
+
+TABLE[(arch, kernel, state dtype, HV)][batch] = (block_v, num_warps, per_key_head). PROVENANCE
+says where and with what it was measured. An arch without an entry borrows the nearest measured
+arch; DEFAULT is for no table at all.
+"""
+
+PROVENANCE: dict[str, dict[str, str]] = {{
+{provenance}}}
+TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool]]] = {{
+{table}}}
+DEFAULT: dict[str, tuple[int, int, bool]] = {{"decode": (32, 4, False), "fused": (32, 4, False)}}
+'''
+
+
+def _nested_lines(outer: dict, inner_key: Callable[[object], str]) -> str:
+    """'    key: {\\n        k: v,\\n    },' lines: short enough for any line-length rule."""
+    lines = []
+    for key, inner in outer.items():
+        lines.append(f"    {key!r}: {{")
+        lines += [f"        {inner_key(k)}: {v!r}," for k, v in inner.items()]
+        lines.append("    },")
+    return "\n".join(lines).replace("'", '"') + "\n"
+
+
+def _worst(timing: dict[str, float], best: dict[str, float], gpus: set[str]) -> float:
+    slowdowns = [timing[g] / best[g] for g in gpus]
+    return math.inf if any(math.isnan(x) for x in slowdowns) else max(slowdowns)
 
 
 def write_table(runs: list[dict], path: Path) -> None:
@@ -67,14 +105,8 @@ def write_table(runs: list[dict], path: Path) -> None:
         }
         for run in runs
     }
-    text = (
-        '"""Tuned launch configs. Generated by `python -m gdn_serve.kernels.bench --write-table`'
-        " from GPU runs; do not edit.\n\nTABLE[arch][kernel][state dtype][HV][batch] = "
-        "(block_v, num_warps); PROVENANCE says where and with what it was measured. Archs "
-        'without an entry borrow the nearest measured arch; DEFAULT is for no table at all.\n"""'
-        f"\n\nPROVENANCE: dict[str, dict[str, str]] = {pprint.pformat(provenance, width=96)}\n"
-        "TABLE: dict[str, dict[str, dict[str, dict[int, dict[int, tuple[int, int]]]]]] = "
-        f"{pprint.pformat(choose(records), width=96)}\n"
-        'DEFAULT: dict[str, tuple[int, int]] = {"decode": (32, 4), "fused": (32, 4)}\n'
+    text = _TABLE_TEMPLATE.format(
+        provenance=_nested_lines(provenance, repr),
+        table=_nested_lines(choose(records), str),
     )
     path.write_text(text)

@@ -65,17 +65,22 @@ def test_decode_rejects_repeated_slots_when_validating(triton_kernels: SimpleNam
         )
 
 
-def test_decode_rejects_a_block_that_does_not_divide_v(triton_kernels: SimpleNamespace) -> None:
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [(LaunchConfig(12, 1), "block_v"), (LaunchConfig(16, 1, per_key_head=True), "per-key-head")],
+)
+def test_decode_rejects_configs_it_cannot_run(
+    triton_kernels: SimpleNamespace, config: LaunchConfig, message: str
+) -> None:
     case = make_decode_case([1], k=16, v=16)
-    with pytest.raises(ValueError, match="block_v"):
+    with pytest.raises(ValueError, match=message):
         triton_kernels.decode.gdn_decode(
-            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True),
-            config=LaunchConfig(12, 1),
+            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), config=config
         )
 
 
 def _run_fused(
-    kernels: SimpleNamespace, case: FusedCase, block_v: int, steps: int = 1
+    kernels: SimpleNamespace, case: FusedCase, config: LaunchConfig, steps: int = 1
 ) -> tuple[torch.Tensor, ...]:
     """`steps` launches of the fused kernel (one workspace) and of the float64 reference.
     Returns kernel out, ssm state, conv state, then the reference's three."""
@@ -88,7 +93,7 @@ def _run_fused(
     for _ in range(steps):
         kernels.fused.gdn_fused_decode(
             core.mixed_qkv, core.a, core.b, case.z, conv, ssm, core.indices, out, case.params,
-            workspace=workspace, config=LaunchConfig(block_v, 4),
+            workspace=workspace, config=config,
         )  # fmt: skip
         gdn_fused_decode_reference(
             ref.core.mixed_qkv, ref.core.a, ref.core.b, ref.z, conv64, ssm64, ref.core.indices,
@@ -107,15 +112,22 @@ def _assert_fused_close(case: FusedCase, result: tuple[torch.Tensor, ...]) -> No
     assert torch.all(out[null_rows] == 0)
 
 
+FUSED_MODES = {
+    "split-v": lambda dim: LaunchConfig(16, 4),
+    "whole-v": lambda dim: LaunchConfig(dim, 4),
+    "per-key-head": lambda dim: LaunchConfig(dim, 4, per_key_head=True),
+}
+
+
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("dim", [64, 128])
-@pytest.mark.parametrize("block_v", [16, 0], ids=["split-v", "whole-v"])
+@pytest.mark.parametrize("mode", list(FUSED_MODES))
 def test_fused_matches_float64_reference(
-    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, block_v: int
+    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, mode: str
 ) -> None:
     case = make_fused_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v or dim))
+    _assert_fused_close(case, _run_fused(triton_kernels, case, FUSED_MODES[mode](dim)))
 
 
 @pytest.mark.parametrize(
@@ -129,12 +141,15 @@ def test_fused_matches_float64_reference(
 )
 def test_fused_layer_options(triton_kernels: SimpleNamespace, options: dict) -> None:
     case = make_fused_case([2, 0, 4], hk=2, group=2, k=32, v=32, **options)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v=8))
+    _assert_fused_close(case, _run_fused(triton_kernels, case, LaunchConfig(8, 2)))
 
 
 def test_fused_two_steps_carry_both_states(triton_kernels: SimpleNamespace) -> None:
     case = make_fused_case([3, 1], hk=2, group=2, k=32, v=32)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, block_v=16, steps=2))
+    _assert_fused_close(case, _run_fused(triton_kernels, case, LaunchConfig(16, 4), steps=2))
+    _assert_fused_close(
+        case, _run_fused(triton_kernels, case, LaunchConfig(32, 2, per_key_head=True), steps=2)
+    )
 
 
 def test_fused_rejects_a_workspace_for_other_heads(triton_kernels: SimpleNamespace) -> None:

@@ -1,10 +1,10 @@
 """`gdn-serve`: the command line of the serving runtime.
 
-    gdn-serve run          serve a model locally (Ray Serve + vLLM on CPU), loopback only
-    gdn-serve tiny-model   write the embedded default model into the cache folder
-    gdn-serve backends     which GDN decode kernel this machine would use, and why
-    gdn-serve bench        GDN decode kernel benchmark (GPU)
-    gdn-serve bench-stack  vLLM's own OpenAI server vs this stack, same machine, one run
+gdn-serve run          serve a model locally (Ray Serve + vLLM on CPU), loopback only
+gdn-serve tiny-model   write the embedded default model into the cache folder
+gdn-serve backends     which GDN decode kernel this machine would use, and why
+gdn-serve bench        GDN decode kernel benchmark (GPU)
+gdn-serve bench-stack  vLLM's own OpenAI server vs this stack, same machine, one run
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         enforce_eager=args.enforce_eager,
         kv_cache_gib=args.kv_cache_gib,
+        simulated_archs=tuple(a for a in (args.simulate_archs or "").split(",") if a),
     )
     opts.validate()
     interrupt_on_signals()  # SIGTERM takes the same way out as Ctrl-C: through stack.stop()
@@ -100,13 +101,13 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from gdn_serve.kernels.bench import main as bench_main
 
-    return bench_main(args.rest)
+    return bench_main(args.passthrough)
 
 
 def cmd_bench_stack(args: argparse.Namespace) -> int:
     from gdn_serve.bench_stack import main as bench_stack_main
 
-    return bench_stack_main(args.rest)
+    return bench_stack_main(args.passthrough)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replicas", type=int, default=1, help="vLLM engine replicas")
     run.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
     run.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size per engine")
+    run.add_argument(
+        "--simulate-archs",
+        metavar="ARCH,ARCH",
+        help="one CPU deployment per named arch behind one balancing ingress (multi-arch app)",
+    )
     run.set_defaults(func=cmd_run)
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random-weight Qwen3.5 checkpoint")
@@ -134,18 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     backends.add_argument("--backend", help="check a forced backend instead of 'auto'")
     backends.set_defaults(func=cmd_backends)
 
+    # The benchmarks parse their own options (`gdn-serve bench --help`).
     for name, func, text in (
         ("bench", cmd_bench, "GDN decode kernel benchmark (GPU); --help for its options"),
         ("bench-stack", cmd_bench_stack, "vLLM's OpenAI server vs this stack; --help for more"),
     ):
-        bench = sub.add_parser(name, help=text, add_help=False)
-        bench.add_argument("rest", nargs=argparse.REMAINDER)
-        bench.set_defaults(func=func)
+        sub.add_parser(name, help=text, add_help=False).set_defaults(func=func, passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.passthrough = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 

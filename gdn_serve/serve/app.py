@@ -2,17 +2,21 @@
 `ray.serve.llm`.
 
 `build_app(args)` is the `import_path` target of the application (locally and in a RayService's
-serveConfigV2); `args` is an `AppConfig` as a dict. One arch: the LLM deployment itself is the
-ingress and streams directly (see `docs/architecture.md` for why). Several archs: one LLM
-deployment per arch behind one OpenAI ingress.
+serveConfigV2); `args` is an `AppConfig` as a dict. One arch: Ray Serve LLM's OpenAI app (with
+direct streaming where the environment enables it, the LLM deployment itself is the ingress; see
+`docs/architecture.md`). Several archs: one LLM deployment per arch behind one OpenAI ingress
+that balances them by load.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 from ray.serve import Application
-from ray.serve.llm import LLMConfig, build_openai_app
+from ray.serve.llm import LLMConfig, build_llm_deployment, build_openai_app
+from ray.serve.llm.ingress import make_fastapi_ingress
 
 from gdn_serve.serve import loopback
 from gdn_serve.serve.config import AppConfig, ArchDeployment
@@ -71,9 +75,28 @@ def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
     )
 
 
+def build_multi_arch_app(config: AppConfig) -> Application:
+    """One LLM deployment per arch, all under the served model name, behind one ingress that
+    sends each request to the least loaded arch (gdn_serve/serve/ingress.py)."""
+    from gdn_serve.serve.ingress import ArchBalancedIngress
+
+    configs = {arch.arch: llm_config(config, arch) for arch in config.archs}
+    deployments = {arch: build_llm_deployment(c) for arch, c in configs.items()}
+    options = ArchBalancedIngress.get_deployment_options(list(configs.values()))
+    if not any(arch.use_gpu for arch in config.archs):
+        options["ray_actor_options"] = {"num_cpus": 0}  # CPU engines hold every core
+    ingress = serve.deployment(make_fastapi_ingress(ArchBalancedIngress), **options)
+    first = next(iter(configs.values()))
+    return ingress.bind(
+        arch_deployments=deployments,
+        model_card=to_model_metadata(config.served_model_name, first),
+        capacity={arch.arch: float(arch.max_replicas) for arch in config.archs},
+    )
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / serveConfigV2 (`args` is an AppConfig dict)."""
     config = AppConfig.from_dict(args)
-    if len(config.archs) != 1:
-        raise NotImplementedError("serving several archs behind one ingress is not built yet")
+    if len(config.archs) > 1:
+        return build_multi_arch_app(config)
     return build_openai_app({"llm_configs": [llm_config(config, config.archs[0])]})

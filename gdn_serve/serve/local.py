@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gdn_serve import paths
 from gdn_serve.serve import loopback
-from gdn_serve.serve.config import AppConfig, ArchDeployment
+from gdn_serve.serve.config import AppConfig, ArchDeployment, arch_resource
 
 APP_NAME = "gdn-serve"
 DEFAULT_SERVED_NAME = "tiny-qwen35"
@@ -39,12 +39,18 @@ class LocalOptions:
     enforce_eager: bool = False
     kv_cache_gib: float = 1.0
     extra_engine_kwargs: dict[str, object] = field(default_factory=dict)
+    # Pretend the machine has these GPU archs: one CPU deployment per name, each pinned through
+    # the arch's Ray custom resource, all behind one balancing ingress. Exercises the multi-arch
+    # application (what the operator deploys on a mixed cluster) on one machine.
+    simulated_archs: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if not is_loopback(self.host):
             raise ValueError(f"--host {self.host!r}: the local stack listens on loopback only")
         if self.replicas < 1 or self.max_model_len < 1 or self.kv_cache_gib <= 0:
             raise ValueError("replicas, max model length and KV cache size must be positive")
+        if len(set(self.simulated_archs)) != len(self.simulated_archs):
+            raise ValueError(f"simulated archs must be unique: {self.simulated_archs}")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,21 +66,29 @@ def served_name(opts: LocalOptions, model_source: str) -> str:
     return DEFAULT_SERVED_NAME if opts.model is None else Path(model_source).name or model_source
 
 
+def local_archs(opts: LocalOptions) -> tuple[ArchDeployment, ...]:
+    """One CPU deployment, or one per simulated arch placed by that arch's Ray resource."""
+    replicas = {"min_replicas": opts.replicas, "max_replicas": opts.replicas}
+    if not opts.simulated_archs:
+        return (ArchDeployment(arch="cpu", use_gpu=False, **replicas),)
+    return tuple(
+        ArchDeployment(arch=name, use_gpu=False, ray_resource=arch_resource(name), **replicas)
+        for name in opts.simulated_archs
+    )
+
+
 def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
-    """The application for one CPU arch deployment with `opts.replicas` vLLM engines."""
+    """The application: `opts.replicas` vLLM CPU engines per (real or simulated) arch."""
     engine = {
         "dtype": "bfloat16",  # vLLM's CPU GDN kernels require bf16
         "enforce_eager": opts.enforce_eager,
         "kv_cache_memory_bytes": int(opts.kv_cache_gib * 2**30),
         **opts.extra_engine_kwargs,
     }
-    arch = ArchDeployment(
-        arch="cpu", use_gpu=False, min_replicas=opts.replicas, max_replicas=opts.replicas
-    )
     return AppConfig(
         model_source=model_source,
         served_model_name=served_name(opts, model_source),
-        archs=(arch,),
+        archs=local_archs(opts),
         max_model_len=opts.max_model_len,
         engine_kwargs=engine,
         loopback_only=True,
@@ -98,9 +112,10 @@ def socket_dir(root: Path) -> Path:
     return path
 
 
-def stack_env(root: Path, sockets: Path) -> dict[str, str]:
+def stack_env(root: Path, sockets: Path, direct_streaming: bool = True) -> dict[str, str]:
     """Environment of the whole process tree: caches, auth, loopback, direct streaming."""
     env = paths.cache_env(root)
+    env.update(_direct_streaming_env(sockets) if direct_streaming else {})
     env.update(
         {
             # Single-node Ray: node address 127.0.0.1. Without it Ray swaps the 127.0.0.1 we pass
@@ -109,19 +124,6 @@ def stack_env(root: Path, sockets: Path) -> dict[str, str]:
             # Token auth without writing ~/.ray/auth_token: a fresh token per run, inherited.
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": secrets.token_hex(16),
-            # Direct streaming: HAProxy forwards to the LLM replica's own vLLM server, skipping
-            # the ingress hop and Serve's 50 ms stream batching (docs/architecture.md).
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_BINARY_PATH": str(loopback.haproxy_wrapper()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(sockets / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(sockets / "a"),
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(sockets / "m"),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(sockets),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(sockets / "state"),
             # A local Ctrl-C need not wait out the 30 s drain meant for rolling cluster updates.
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
             "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
@@ -130,6 +132,24 @@ def stack_env(root: Path, sockets: Path) -> dict[str, str]:
         }
     )
     return env
+
+
+def _direct_streaming_env(sockets: Path) -> dict[str, str]:
+    """Direct streaming: HAProxy forwards to the LLM replica's own vLLM server, skipping the
+    ingress hop and Serve's 50 ms stream batching (docs/architecture.md). One arch only."""
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(loopback.haproxy_wrapper()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(sockets / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(sockets / "a"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(sockets / "m"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(sockets),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(sockets / "state"),
+    }
 
 
 def remove_sockets(*folders: Path) -> None:
@@ -174,7 +194,7 @@ class LocalStack:
         return f"http://{loopback.LOOPBACK}:{self.opts.metrics_port}/metrics"
 
     def start(self) -> LocalStack:
-        os.environ.update(stack_env(self.root, self.sockets))
+        os.environ.update(stack_env(self.root, self.sockets, len(self.config.archs) == 1))
         self.sockets.mkdir(parents=True, exist_ok=True)
         import ray
         from ray import serve
@@ -189,6 +209,7 @@ class LocalStack:
             _metrics_export_port=self.opts.metrics_port,
             _temp_dir=str(self.root / "ray"),
             runtime_env={"worker_process_setup_hook": loopback.SETUP_HOOK},
+            resources={a.ray_resource: 1.0 for a in self.config.archs if a.ray_resource},
             log_to_driver=os.environ.get("GDN_SERVE_QUIET") != "1",
         )
         if self.handle_signals:

@@ -32,8 +32,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 MAX_MODEL_LEN = 512
 MAX_TOKENS = 24
 PROMPTS = ["The quick brown fox", "def fibonacci(n):", "Grüße aus Köln, 世界"]
-CHATS = [[{"role": "user", "content": "Say something."}],
-         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]]
+CHATS = [
+    [{"role": "user", "content": "Say something."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}],
+]
 
 
 @dataclass
@@ -49,14 +51,21 @@ def _plain_vllm_reference(model: Path, workdir: Path) -> subprocess.Popen[bytes]
     """Start the reference run; it works while the stack starts (both take ~a minute)."""
     engine = dict(app_config(LocalOptions(), str(model)).engine_kwargs)
     engine.update(max_model_len=MAX_MODEL_LEN, enforce_eager=True)
-    request = {"model": str(model), "engine_kwargs": engine, "max_tokens": MAX_TOKENS,
-               "prompts": PROMPTS, "chats": CHATS}
+    request = {
+        "model": str(model),
+        "engine_kwargs": engine,
+        "max_tokens": MAX_TOKENS,
+        "prompts": PROMPTS,
+        "chats": CHATS,
+    }
     (workdir / "request.json").write_text(json.dumps(request))
     script = Path(__file__).with_name("plain_vllm_greedy.py")
     with (workdir / "reference.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, str(script), "request.json", "result.json"],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -68,8 +77,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port, metrics_port = free_port(), free_port()
     gdn_serve = Path(sys.executable).with_name("gdn-serve")
     server = ServerProcess(
-        [str(gdn_serve), "run", "--port", str(port), "--metrics-port", str(metrics_port),
-         "--max-model-len", str(MAX_MODEL_LEN)],
+        [
+            str(gdn_serve),
+            "run",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--max-model-len",
+            str(MAX_MODEL_LEN),
+        ],
         api_url=f"http://127.0.0.1:{port}/v1",
         log_path=workdir / "stack.log",
         env={"GDN_SERVE_QUIET": "1"},
@@ -103,10 +120,21 @@ def test_completion_runs_to_max_tokens(stack: Stack) -> None:
     assert out.usage.prompt_tokens == len(b"Hello")  # one token per byte
 
 
+def test_one_token_prompt_does_not_kill_the_engine(stack: Stack) -> None:
+    # vLLM 0.32's CPU GDN prefill crashed on these (gdn_serve/vllm_plugin.py fixes it).
+    for prompt in ("0", "x"):
+        out = stack.client.completions.create(model=stack.model, prompt=prompt, max_tokens=4)
+        assert out.usage is not None and out.usage.prompt_tokens == 1
+        assert out.usage.completion_tokens == 4
+
+
 def test_streaming_chat_reports_usage(stack: Stack) -> None:
     stream = stack.client.chat.completions.create(
-        model=stack.model, messages=[{"role": "user", "content": "Stream, please."}],
-        max_tokens=MAX_TOKENS, temperature=0, stream=True,
+        model=stack.model,
+        messages=[{"role": "user", "content": "Stream, please."}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -121,13 +149,20 @@ def test_greedy_output_matches_plain_vllm(stack: Stack) -> None:
     completions = [
         stack.client.completions.create(
             model=stack.model, prompt=p, max_tokens=MAX_TOKENS, temperature=0
-        ).choices[0].text
+        )
+        .choices[0]
+        .text
         for p in PROMPTS
     ]
     chats = [
         stack.client.chat.completions.create(
-            model=stack.model, messages=m, max_tokens=MAX_TOKENS, temperature=0  # type: ignore[arg-type]
-        ).choices[0].message.content
+            model=stack.model,
+            messages=m,
+            max_tokens=MAX_TOKENS,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        .choices[0]
+        .message.content
         for m in CHATS
     ]
     assert completions == stack.reference["completions"]
@@ -137,8 +172,11 @@ def test_greedy_output_matches_plain_vllm(stack: Stack) -> None:
 def test_concurrent_streams_all_succeed(stack: Stack) -> None:
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
         stream = await client.chat.completions.create(
-            model=stack.model, messages=[{"role": "user", "content": f"request {i % 4}"}],
-            max_tokens=MAX_TOKENS, temperature=0, stream=True,
+            model=stack.model,
+            messages=[{"role": "user", "content": f"request {i % 4}"}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
         text, tokens = "", 0
@@ -177,9 +215,11 @@ def test_unknown_model_is_404(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
-    [({"max_tokens": -1}, "max_tokens"),
-     ({"prompt": "x" * (MAX_MODEL_LEN + 50), "max_tokens": 4}, "maximum context length"),
-     ({"temperature": -2.0, "max_tokens": 4}, "temperature")],
+    [
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"prompt": "x" * (MAX_MODEL_LEN + 50), "max_tokens": 4}, "maximum context length"),
+        ({"temperature": -2.0, "max_tokens": 4}, "temperature"),
+    ],
 )
 def test_invalid_parameters_are_400(stack: Stack, kwargs: dict[str, object], fragment: str) -> None:
     request = {"model": stack.model, "prompt": "Hello", **kwargs}
@@ -190,8 +230,10 @@ def test_invalid_parameters_are_400(stack: Stack, kwargs: dict[str, object], fra
 
 def test_malformed_json_is_a_4xx_openai_error(stack: Stack) -> None:
     response = httpx.post(
-        f"{stack.server.api_url}/chat/completions", content=b'{"model": "tiny-qwen35", "mess',
-        headers={"Content-Type": "application/json"}, timeout=30,
+        f"{stack.server.api_url}/chat/completions",
+        content=b'{"model": "tiny-qwen35", "mess',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )
     assert 400 <= response.status_code < 500
     error = response.json()["error"]
@@ -215,8 +257,11 @@ def _metric_totals(url: str) -> dict[str, float]:
 
 
 def test_metrics_count_requests_and_tokens(stack: Stack) -> None:
-    wanted = ("ray_vllm_request_success_total", "ray_vllm_prompt_tokens_total",
-              "ray_vllm_generation_tokens_total")
+    wanted = (
+        "ray_vllm_request_success_total",
+        "ray_vllm_prompt_tokens_total",
+        "ray_vllm_generation_tokens_total",
+    )
     deadline = time.monotonic() + 60  # Ray exports metrics on an interval
     totals: dict[str, float] = {}
     while time.monotonic() < deadline:
@@ -235,8 +280,13 @@ def test_every_listener_is_on_loopback(stack: Stack) -> None:
     assert [listener for listener in listeners if not listener.is_loopback] == []
 
 
-LITTER = [Path("/tmp/ray"), Path("/tmp/haproxy-serve"), Path.home() / ".ray",
-          Path.home() / ".cache" / "vllm", Path.home() / ".triton"]
+LITTER = [
+    Path("/tmp/ray"),
+    Path("/tmp/haproxy-serve"),
+    Path.home() / ".ray",
+    Path.home() / ".cache" / "vllm",
+    Path.home() / ".triton",
+]
 
 
 def test_sigint_stops_every_process_and_leaves_no_socket(stack: Stack) -> None:

@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run          set up, then serve the tiny Qwen3.5 model locally (Ctrl-C stops it)"
-	@echo "make test         set up, then run the test suite"
+	@echo "make test         set up, then lint and run the test suite"
 	@echo "make lint         ruff + mypy"
 	@echo "make bench-stack  vLLM's OpenAI server vs our Ray Serve stack, same machine, one run"
 	@echo "make lock         re-resolve requirements/cpu-dev.lock after changing pins"
@@ -42,7 +42,8 @@ $(STAMP): $(LOCK) pyproject.toml gdn_serve/compat/torchvision_cpu.py
 run: $(STAMP)
 	$(VENV)/bin/gdn-serve run
 
-test: $(STAMP)
+# Lint first: a change that is not ruff- and mypy-clean does not pass the suite.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -78,7 +78,10 @@ def build_config(spec: TinyModelSpec, eos_token_id: int, pad_token_id: int) -> A
 
     fields = {k: v for k, v in asdict(spec).items() if k != "seed"}
     config = Qwen3_5TextConfig(
-        **fields, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=None,
+        **fields,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
         tie_word_embeddings=False,
     )
     config.architectures = ["Qwen3_5ForCausalLM"]
@@ -125,7 +128,7 @@ def write_tiny_model(out_dir: Path, spec: TinyModelSpec | None = None) -> Path:
     # Printable ASCII; byte-level BPE spells the space as "Ġ".
     printable = [tokenizer.convert_tokens_to_ids(c) for c in ["Ġ", *map(chr, range(0x21, 0x7F))]]
     peak_logits(model, printable, spec.seed)
-    model = model.to(torch.bfloat16)
+    model = model.bfloat16()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -62,16 +62,18 @@ def runtime_env(config: AppConfig, arch: ArchDeployment) -> dict[str, Any]:
 
 
 def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
-    return LLMConfig(
-        model_loading_config={
-            "model_id": config.served_model_name,
-            "model_source": config.model_source,
-        },
-        accelerator_config={"kind": "gpu" if arch.use_gpu else "cpu"},
-        engine_kwargs=engine_kwargs(config, arch),
-        deployment_config=deployment_config(arch),
-        runtime_env=runtime_env(config, arch),
-        log_engine_metrics=True,
+    return LLMConfig.model_validate(
+        {
+            "model_loading_config": {
+                "model_id": config.served_model_name,
+                "model_source": config.model_source,
+            },
+            "accelerator_config": {"kind": "gpu" if arch.use_gpu else "cpu"},
+            "engine_kwargs": engine_kwargs(config, arch),
+            "deployment_config": deployment_config(arch),
+            "runtime_env": runtime_env(config, arch),
+            "log_engine_metrics": True,
+        }
     )
 
 
@@ -85,7 +87,7 @@ def build_multi_arch_app(config: AppConfig) -> Application:
     options = ArchBalancedIngress.get_deployment_options(list(configs.values()))
     if not any(arch.use_gpu for arch in config.archs):
         options["ray_actor_options"] = {"num_cpus": 0}  # CPU engines hold every core
-    ingress = serve.deployment(make_fastapi_ingress(ArchBalancedIngress), **options)
+    ingress = serve.deployment(**options)(make_fastapi_ingress(ArchBalancedIngress))
     first = next(iter(configs.values()))
     return ingress.bind(
         arch_deployments=deployments,

@@ -68,12 +68,16 @@ def served_name(opts: LocalOptions, model_source: str) -> str:
 
 def local_archs(opts: LocalOptions) -> tuple[ArchDeployment, ...]:
     """One CPU deployment, or one per simulated arch placed by that arch's Ray resource."""
-    replicas = {"min_replicas": opts.replicas, "max_replicas": opts.replicas}
-    if not opts.simulated_archs:
-        return (ArchDeployment(arch="cpu", use_gpu=False, **replicas),)
+    names = opts.simulated_archs or ("cpu",)
     return tuple(
-        ArchDeployment(arch=name, use_gpu=False, ray_resource=arch_resource(name), **replicas)
-        for name in opts.simulated_archs
+        ArchDeployment(
+            arch=name,
+            use_gpu=False,
+            min_replicas=opts.replicas,
+            max_replicas=opts.replicas,
+            ray_resource=arch_resource(name) if opts.simulated_archs else None,
+        )
+        for name in names
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from gdn_serve import paths
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 MAX_MODEL_LEN = 512
 MAX_TOKENS = 24
 PROMPTS = ["The quick brown fox", "def fibonacci(n):", "Grüße aus Köln, 世界"]
-CHATS = [
+CHATS: list[list[ChatCompletionMessageParam]] = [
     [{"role": "user", "content": "Say something."}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}],
 ]
@@ -159,7 +160,7 @@ def test_greedy_output_matches_plain_vllm(stack: Stack) -> None:
             model=stack.model,
             messages=m,
             max_tokens=MAX_TOKENS,
-            temperature=0,  # type: ignore[arg-type]
+            temperature=0,
         )
         .choices[0]
         .message.content

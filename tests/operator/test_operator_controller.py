@@ -149,7 +149,7 @@ def test_creates_the_rayservice_and_reports_status(fake_api: FakeApiServer, op: 
     eventually(lambda: {"PlanApplied", "BackendSelected"} <= set(event_reasons(fake_api)))
     kuberay_reports_ready(fake_api)
     eventually(lambda: condition(fake_api, "Ready") == ("True", "NonZeroServeEndpoints"))
-    status = fake_api.get(DEPLOYMENTS.path(NS, "qwen"))["status"]  # type: ignore[index]
+    status = fake_api.get(DEPLOYMENTS.path(NS, "qwen"))["status"]
     assert status["endpoint"] == "http://qwen-serve-svc.llm.svc:8000/v1"
     assert status["observedGeneration"] == 1
     assert condition(fake_api, "Progressing") == ("False", "Stable")
@@ -212,7 +212,7 @@ def test_nothing_fits_until_a_node_arrives(fake_api: FakeApiServer, op: Running)
     create(fake_api, spec=spec)
     eventually(lambda: condition(fake_api, "Degraded") == ("True", "NoSchedulableArch"))
     cr = fake_api.get(DEPLOYMENTS.path(NS, "qwen"))
-    assert "sm89: does not fit" in cr["status"]["conditions"][2]["message"]  # type: ignore[index]
+    assert "sm89: does not fit" in cr["status"]["conditions"][2]["message"]
     fake_api.put(NODES.path(), gpu_node("h100-0", H100, gpus=8))
     eventually(lambda: groups(rayservice(fake_api)) == ["sm90"])
     eventually(lambda: condition(fake_api, "Degraded") == ("False", "AsPlanned"))

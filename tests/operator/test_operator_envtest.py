@@ -152,7 +152,7 @@ def installed(plane: ControlPlane, admin: KubeApi) -> Path:
     )
     admin.create(CRDS, RAYSERVICE_CRD)
     for name in (crd.NAME, "rayservices.ray.io"):
-        eventually(lambda n=name: established(admin, n), timeout_s=WAIT_S)  # type: ignore[misc]
+        eventually(lambda n=name: established(admin, n), timeout_s=WAIT_S)
     return kubeconfig
 
 

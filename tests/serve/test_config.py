@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gdn_serve.serve.config import AppConfig, ArchDeployment, ConfigError, arch_resource
@@ -52,9 +54,17 @@ def test_local_app_is_one_cpu_deployment_in_bf16_on_loopback() -> None:
     assert config.loopback_only and config.max_model_len == 512
 
 
-@pytest.mark.parametrize(("host", "ok"), [("127.0.0.1", True), ("127.0.0.2", True),
-                                          ("::1", True), ("localhost", True),
-                                          ("0.0.0.0", False), ("192.168.1.4", False)])
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.4", False),
+    ],
+)
 def test_only_loopback_hosts_are_accepted(host: str, ok: bool) -> None:
     assert is_loopback(host) is ok
     if not ok:
@@ -62,6 +72,6 @@ def test_only_loopback_hosts_are_accepted(host: str, ok: bool) -> None:
             LocalOptions(host=host).validate()
 
 
-def test_socket_folder_too_long_for_unix_sockets_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_socket_folder_too_long_for_unix_sockets_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="too long for Unix socket"):
         socket_dir(tmp_path / ("x" * 60))

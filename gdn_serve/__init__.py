@@ -1,1 +1,1 @@
-"""qwen35-stack serving runtime: GDN decode kernels, backend registry, vLLM plugin, Ray Serve app."""
+"""qwen35-stack serving runtime: GDN kernels, backend registry, vLLM plugin, Ray Serve app."""

@@ -61,9 +61,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     return {"p50": 1000 * cuts[49], "p90": 1000 * cuts[89], "p99": 1000 * cuts[98]}
 
 
-async def stream_one(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any]
-) -> RequestSample:
+async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestSample:
     """One streaming completion; times the first token and the gaps between later ones."""
     start = time.perf_counter()
     stamps: list[float] = []
@@ -107,8 +105,9 @@ async def run_level(
         return time.perf_counter() - start, samples
 
 
-def summarize(system: str, concurrency: int, wall_s: float, samples: list[RequestSample]
-              ) -> LevelResult:
+def summarize(
+    system: str, concurrency: int, wall_s: float, samples: list[RequestSample]
+) -> LevelResult:
     return LevelResult(
         system=system,
         concurrency=concurrency,
@@ -122,8 +121,12 @@ def summarize(system: str, concurrency: int, wall_s: float, samples: list[Reques
 
 def request_body(model: str, prompt_ids: list[int], output_tokens: int) -> dict[str, Any]:
     return {
-        "model": model, "prompt": prompt_ids, "max_tokens": output_tokens,
-        "ignore_eos": True, "temperature": 0.0, "stream": True,
+        "model": model,
+        "prompt": prompt_ids,
+        "max_tokens": output_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
         "stream_options": {"include_usage": True},
     }
 
@@ -143,21 +146,47 @@ def server_for(system: str, model: str, args: argparse.Namespace, logs: Path) ->
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/v1"
     if system == "stack":
-        argv = [str(Path(sys.executable).with_name("gdn-serve")), "run", "--model", model,
-                "--served-model-name", DEFAULT_SERVED_NAME, "--port", str(port),
-                "--metrics-port", str(free_port()), "--max-model-len", str(args.max_model_len)]
+        argv = [
+            str(Path(sys.executable).with_name("gdn-serve")),
+            "run",
+            "--model",
+            model,
+            "--served-model-name",
+            DEFAULT_SERVED_NAME,
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(free_port()),
+            "--max-model-len",
+            str(args.max_model_len),
+        ]
         return ServerProcess(argv, api_url, logs / "stack.log", env={"GDN_SERVE_QUIET": "1"})
     engine = app_config(LocalOptions(max_model_len=args.max_model_len), model).engine_kwargs
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--served-model-name", DEFAULT_SERVED_NAME, "--host", "127.0.0.1",
-            "--port", str(port), "--max-model-len", str(args.max_model_len),
-            "--dtype", str(engine["dtype"]),
-            "--kv-cache-memory-bytes", str(engine["kv_cache_memory_bytes"])]
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        DEFAULT_SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(args.max_model_len),
+        "--dtype",
+        str(engine["dtype"]),
+        "--kv-cache-memory-bytes",
+        str(engine["kv_cache_memory_bytes"]),
+    ]
     return ServerProcess(argv, api_url, logs / "vllm.log")
 
 
-def bench_system(system: str, model: str, args: argparse.Namespace, logs: Path,
-                 body: dict[str, Any]) -> list[LevelResult]:
+def bench_system(
+    system: str, model: str, args: argparse.Namespace, logs: Path, body: dict[str, Any]
+) -> list[LevelResult]:
     server = server_for(system, model, args, logs).start(timeout_s=900)
     try:
         asyncio.run(run_level(server.api_url, body, 4, 8))  # warm-up, not counted
@@ -173,14 +202,15 @@ def bench_system(system: str, model: str, args: argparse.Namespace, logs: Path,
 
 
 def format_row(r: LevelResult) -> str:
-    return (f"{r.system:6} c={r.concurrency:<3} {r.tokens_per_s:8.0f} tok/s  "
-            f"TTFT p50/p90/p99 {r.ttft_ms['p50']:6.1f}/{r.ttft_ms['p90']:6.1f}/"
-            f"{r.ttft_ms['p99']:6.1f} ms  ITL p50/p90/p99 {r.itl_ms['p50']:5.1f}/"
-            f"{r.itl_ms['p90']:5.1f}/{r.itl_ms['p99']:5.1f} ms")
+    return (
+        f"{r.system:6} c={r.concurrency:<3} {r.tokens_per_s:8.0f} tok/s  "
+        f"TTFT p50/p90/p99 {r.ttft_ms['p50']:6.1f}/{r.ttft_ms['p90']:6.1f}/"
+        f"{r.ttft_ms['p99']:6.1f} ms  ITL p50/p90/p99 {r.itl_ms['p50']:5.1f}/"
+        f"{r.itl_ms['p90']:5.1f}/{r.itl_ms['p99']:5.1f} ms"
+    )
 
 
-def median_by_level(results: list[LevelResult], system: str, concurrency: int
-                    ) -> dict[str, float]:
+def median_by_level(results: list[LevelResult], system: str, concurrency: int) -> dict[str, float]:
     rows = [r for r in results if r.system == system and r.concurrency == concurrency]
     return {
         "tokens_per_s": statistics.median(r.tokens_per_s for r in rows),
@@ -190,8 +220,11 @@ def median_by_level(results: list[LevelResult], system: str, concurrency: int
 
 
 def report(results: list[LevelResult], concurrencies: Sequence[int]) -> str:
-    lines = ["| concurrency | vLLM tok/s | stack tok/s | ratio | TTFT p50 vLLM / stack (ms) "
-             "| ITL p50 vLLM / stack (ms) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| concurrency | vLLM tok/s | stack tok/s | ratio | TTFT p50 vLLM / stack (ms) "
+        "| ITL p50 vLLM / stack (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in concurrencies:
         a, b = median_by_level(results, "vllm", c), median_by_level(results, "stack", c)
         lines.append(
@@ -208,8 +241,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--requests-per-slot", type=int, default=4,
-                        help="requests per level = concurrency x this (at least --min-requests)")
+    parser.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=4,
+        help="requests per level = concurrency x this (at least --min-requests)",
+    )
     parser.add_argument("--min-requests", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per system")
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -223,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     paths.apply_cache_env()
     model = resolve_model(args.model)
-    body = request_body(DEFAULT_SERVED_NAME, prompt_ids(model, args.prompt_tokens),
-                        args.output_tokens)
+    body = request_body(
+        DEFAULT_SERVED_NAME, prompt_ids(model, args.prompt_tokens), args.output_tokens
+    )
     logs = paths.cache_root() / "bench-stack"
     results: list[LevelResult] = []
     for _ in range(args.rounds):

@@ -33,41 +33,43 @@ from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, normaliz
 
 
 @triton.jit
-def _conv_out(
-    x_row, cs_slot, w, bias, ch, stride_cs_dim, stride_cs_tok, stride_w_dim,
-    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-):  # fmt: skip
-    """The conv1d output (float32) of channels `ch` over [old window, x]; writes nothing.
-
-    Tiles are [taps, channels]: channels vary fastest, which vLLM's default conv state layout
-    (state_len, dim) stores contiguously. vLLM rounds this output to the activation dtype (it
-    goes through memory); here it stays in registers in float32, closer to the float64
-    reference."""
+def _conv_inputs(x_row, w, bias, ch, stride_w_dim, W: tl.constexpr, WP: tl.constexpr,
+                 HAS_BIAS: tl.constexpr):  # fmt: skip
+    """What the conv of channels `ch` needs besides the state: x, the [taps, ch] weights and
+    the bias. Independent of the slot, so it can be in flight while the slot index loads."""
     taps = tl.arange(0, WP)[:, None]
-    old = tl.load(cs_slot + ch[None, :] * stride_cs_dim + taps * stride_cs_tok,
-                  mask=taps < W - 1, other=0.0)  # fmt: skip
-    x = tl.load(x_row + ch).to(old.dtype)  # vLLM casts x to the conv state dtype first
-    window = tl.where(taps == W - 1, x[None, :], old).to(tl.float32)
+    x = tl.load(x_row + ch)
     wt = tl.load(w + ch[None, :] * stride_w_dim + taps, mask=taps < W, other=0.0)
-    acc = tl.sum(window * wt.to(tl.float32), 0)
+    acc0 = tl.zeros(ch.shape, dtype=tl.float32)
     if HAS_BIAS:
-        acc += tl.load(bias + ch).to(tl.float32)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    return acc
+        acc0 += tl.load(bias + ch).to(tl.float32)
+    return x, wt.to(tl.float32), acc0
 
 
 @triton.jit
-def _conv_next(x_row, cs_slot, ch, stride_cs_dim, stride_cs_tok, W: tl.constexpr,
-               WP: tl.constexpr):  # fmt: skip
-    """The shifted window of channels `ch` (old taps 1.., then x) and where it goes. Stored
-    only after a barrier, once every thread has read the old window (layouts may replicate a
-    channel over threads)."""
+def _conv_window(cs_slot, ch, stride_cs_dim, stride_cs_tok, W: tl.constexpr, WP: tl.constexpr):
+    """The old window of channels `ch` as a [taps, ch] tile (channels fastest, as vLLM's
+    default conv state layout (state_len, dim) stores them), its taps shifted by one, and where
+    the window lives."""
     taps = tl.arange(0, WP)[:, None]
     p = cs_slot + ch[None, :] * stride_cs_dim + taps * stride_cs_tok
+    old = tl.load(p, mask=taps < W - 1, other=0.0)
     nxt = tl.load(p + stride_cs_tok, mask=taps < W - 2, other=0.0)
-    x = tl.load(x_row + ch).to(nxt.dtype)
-    return p, tl.where(taps == W - 2, x[None, :], nxt)
+    return p, old, nxt
+
+
+@triton.jit
+def _conv_step(x, wt, acc0, old, nxt, W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr):
+    """conv1d output (float32) over [old window, x], and the new window (old shifted, x
+    appended). vLLM rounds the output to the activation dtype (it goes through memory); here it
+    stays in registers in float32, closer to the float64 reference."""
+    taps = tl.arange(0, WP)[:, None]
+    xs = x.to(old.dtype)[None, :]  # vLLM casts x to the conv state dtype first
+    window = tl.where(taps == W - 1, xs, old).to(tl.float32)
+    acc = acc0 + tl.sum(window * wt, 0)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    return acc, tl.where(taps == W - 2, xs, nxt)
 
 
 @triton.jit
@@ -89,39 +91,47 @@ def _arrive(counter, target):
 
 
 @triton.jit
-def _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V: tl.constexpr,
-                      GATE_SIGMOID: tl.constexpr):  # fmt: skip
-    """rms_norm(o) * weight * act(z) over the head's V values (o holds all V of them)."""
-    normed = o * tl.rsqrt(tl.sum(o * o) / V + eps) * tl.load(norm_w + o_v).to(tl.float32)
-    z = tl.load(z_row + o_v).to(tl.float32)
+def _gated_norm(o, z, w, eps, V: tl.constexpr, GATE_SIGMOID: tl.constexpr):
+    """rms_norm(o) * w * act(z) along the last axis (V values of a head), in float32."""
+    rstd = tl.rsqrt(tl.sum(o * o, axis=-1, keep_dims=True) / V + eps)
+    z = z.to(tl.float32)
     gate = tl.sigmoid(z) if GATE_SIGMOID else z * tl.sigmoid(z)
-    tl.store(p_out + o_v, (normed * gate).to(p_out.dtype.element_ty))
+    return o * rstd * w.to(tl.float32) * gate
+
+
+@triton.jit
+def _head_inputs(x_row, conv_w, conv_b, a_row, b_row, A_log, dt_bias, z_row, norm_w, i_hv, o_v,
+                 stride_w_dim, HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """Everything of one head's block that does not depend on the slot."""
+    ch_v = 2 * HK * K + i_hv * V + o_v
+    xv, wv, bv = _conv_inputs(x_row, conv_w, conv_b, ch_v, stride_w_dim, W, WP, HAS_BIAS)
+    decay, beta = gate_params(a_row, b_row, A_log, dt_bias, i_hv)
+    zv = tl.load(z_row + o_v)
+    nw = tl.load(norm_w + o_v)
+    return ch_v, xv, wv, bv, decay, beta, zv, nw
 
 
 @triton.jit
 def _head_step(
-    x_row, cs_slot, conv_w, conv_b, h_base, q, k, decay_beta_a, decay_beta_b, A_log, dt_bias,
-    z_row, norm_w, p_out, p_part, i_hv, o_v, eps, stride_cs_dim, stride_cs_tok, stride_w_dim,
-    HK: tl.constexpr, K: tl.constexpr, V: tl.constexpr, NV: tl.constexpr, W: tl.constexpr,
-    WP: tl.constexpr, HAS_BIAS: tl.constexpr, CONV_SILU: tl.constexpr,
-    GATE_SIGMOID: tl.constexpr,
+    h_base, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k, p_out, p_part, i_hv, o_v,
+    eps, stride_cs_dim, stride_cs_tok, K: tl.constexpr, V: tl.constexpr, NV: tl.constexpr,
+    W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, GATE_SIGMOID: tl.constexpr,
 ):  # fmt: skip
-    """One value head's block of V rows: v conv (and its state shift), delta rule, state
+    """One value head's block of V rows: v conv (and its window shift), delta rule, state
     write-back, then the gated norm (whole head here) or the unnormalised rows (split head)."""
     o_k = tl.arange(0, K)
     p_h = h_base + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
     h = tl.load(p_h).to(tl.float32)
-    ch_v = 2 * HK * K + i_hv * V + o_v
-    v = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_v, stride_cs_dim, stride_cs_tok,
-                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    p_win, win = _conv_next(x_row, cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
-    tl.debug_barrier()
+    p_win, old, nxt = _conv_window(cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
+    v, win = _conv_step(xv, wv, bv, old, nxt, W, WP, SILU)
+    tl.debug_barrier()  # every thread has read the old window before it is overwritten
     _store_window(p_win, win, W, WP)
-    decay, beta = gate_params(decay_beta_a, decay_beta_b, A_log, dt_bias, i_hv)
     h, o = delta_rule_step(h, q, k, v, decay, beta)
     tl.store(p_h, h.to(p_h.dtype.element_ty))
     if NV == 1:
-        _gated_norm_store(o, o_v, z_row, norm_w, p_out, eps, V, GATE_SIGMOID)
+        tl.store(p_out + o_v, _gated_norm(o, zv, nw, eps, V, GATE_SIGMOID).to(
+            p_out.dtype.element_ty))  # fmt: skip
     else:
         tl.store(p_part + o_v, o)
 
@@ -154,40 +164,55 @@ def _gdn_fused_kernel(
         i_hv0 = i_nh % HV
         i_h = i_hv0 // G
     o_v = i_v * BV + tl.arange(0, BV)
+    o_k = tl.arange(0, K)
+    x_row = x + i_n * stride_x
+    a_row = a + i_n * stride_a
+    b_row = b + i_n * stride_b
+    z_tok = z + i_n * stride_z_tok
 
     slot = tl.load(indices + i_n * stride_idx).to(tl.int64)
+    # Issued before the slot is known, so that their latency hides behind the index load's.
+    ch_q = i_h * K + o_k
+    ch_k = HK * K + i_h * K + o_k
+    xq, wq, bq = _conv_inputs(x_row, conv_w, conv_b, ch_q, stride_w_dim, W, WP, HAS_BIAS)
+    xk, wk, bk = _conv_inputs(x_row, conv_w, conv_b, ch_k, stride_w_dim, W, WP, HAS_BIAS)
+    if HP == 1:
+        ch_v, xv, wv, bv, decay, beta, zv, nw = _head_inputs(
+            x_row, conv_w, conv_b, a_row, b_row, A_log, dt_bias, z_tok + i_hv0 * stride_z_head,
+            norm_w, i_hv0, o_v, stride_w_dim, HK, K, V, W, WP, HAS_BIAS,
+        )  # fmt: skip
     if slot <= 0:
         for j in tl.static_range(HP):
             p_out = out + (i_n * HV + i_hv0 + j) * V + o_v
             tl.store(p_out, tl.zeros([BV], dtype=tl.float32).to(p_out.dtype.element_ty))
         return
 
-    x_row = x + i_n * stride_x
     cs_slot = conv_state + slot * stride_cs_slot
-    o_k = tl.arange(0, K)
-    ch_q = i_h * K + o_k
-    ch_k = HK * K + i_h * K + o_k
-    q = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_q, stride_cs_dim, stride_cs_tok,
-                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
-    k = _conv_out(x_row, cs_slot, conv_w, conv_b, ch_k, stride_cs_dim, stride_cs_tok,
-                  stride_w_dim, W, WP, HAS_BIAS, CONV_SILU)  # fmt: skip
+    p_wq, old_q, nxt_q = _conv_window(cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
+    p_wk, old_k, nxt_k = _conv_window(cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
+    q, win_q = _conv_step(xq, wq, bq, old_q, nxt_q, W, WP, CONV_SILU)
+    k, win_k = _conv_step(xk, wk, bk, old_k, nxt_k, W, WP, CONV_SILU)
     q, k = normalize_qk(q, k, L2NORM, scale)
     for j in tl.static_range(HP):
         i_hv = i_hv0 + j
+        if HP > 1:
+            ch_v, xv, wv, bv, decay, beta, zv, nw = _head_inputs(
+                x_row, conv_w, conv_b, a_row, b_row, A_log, dt_bias, z_tok + i_hv * stride_z_head,
+                norm_w, i_hv, o_v, stride_w_dim, HK, K, V, W, WP, HAS_BIAS,
+            )  # fmt: skip
         _head_step(
-            x_row, cs_slot, conv_w, conv_b, state + slot * stride_slot, q, k,
-            a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias,
-            z + i_n * stride_z_tok + i_hv * stride_z_head, norm_w, out + (i_n * HV + i_hv) * V,
-            partial + (i_n * HV + i_hv) * V, i_hv, o_v, eps, stride_cs_dim, stride_cs_tok,
-            stride_w_dim, HK, K, V, NV, W, WP, HAS_BIAS, CONV_SILU, GATE_SIGMOID,
+            state + slot * stride_slot, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k,
+            out + (i_n * HV + i_hv) * V, partial + (i_n * HV + i_hv) * V, i_hv, o_v, eps,
+            stride_cs_dim, stride_cs_tok, K, V, NV, W, WP, CONV_SILU, GATE_SIGMOID,
         )  # fmt: skip
 
-    # The key head's q/k windows: load the shifted ones now, so that only the stores wait
-    # for the arrival (whose barrier also covers this program's reads of the old ones).
-    p_wq, win_q = _conv_next(x_row, cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
-    p_wk, win_k = _conv_next(x_row, cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
+    if NV > 1:  # the last arrival normalises the key head's G heads: fetch their z now
+        o_g = tl.arange(0, G)[:, None]
+        o_all = tl.arange(0, V)[None, :]
+        z_heads = tl.load(z_tok + (i_h * G + o_g) * stride_z_head + o_all)
+        w_all = tl.load(norm_w + o_all)
     if ARRIVALS == 1:
-        tl.debug_barrier()
+        tl.debug_barrier()  # every thread has read the old q/k windows
         last = True
     else:
         last = _arrive(counters + i_n * HK + i_h, ARRIVALS)
@@ -196,14 +221,11 @@ def _gdn_fused_kernel(
         _store_window(p_wq, win_q, W, WP)
         _store_window(p_wk, win_k, W, WP)
         if NV > 1:
-            o_all = tl.arange(0, V)
-            for g in tl.static_range(G):
-                i_head = i_n * HV + i_h * G + g
-                # written by other SMs: read from L2, past this SM's L1
-                o_full = tl.load(partial + i_head * V + o_all, cache_modifier=".cg")
-                z_row = z + i_n * stride_z_tok + (i_h * G + g) * stride_z_head
-                _gated_norm_store(o_full, o_all, z_row, norm_w, out + i_head * V, eps, V,
-                                  GATE_SIGMOID)  # fmt: skip
+            rows = (i_n * HV + i_h * G + o_g) * V + o_all
+            # written by other SMs: read from L2, past this SM's L1
+            o_heads = tl.load(partial + rows, cache_modifier=".cg")
+            normed = _gated_norm(o_heads, z_heads, w_all, eps, V, GATE_SIGMOID)
+            tl.store(out + rows, normed.to(out.dtype.element_ty))
 
 
 @dataclass(frozen=True)
@@ -253,6 +275,9 @@ def _check_fused_args(
         raise ValueError(f"out must be contiguous [B, HV, V], got {tuple(out.shape)}")
     if not ssm_state[0].is_contiguous() or dims.k & (dims.k - 1) or dims.v & (dims.v - 1):
         raise ValueError("the state pool must have contiguous slots and power-of-two K, V")
+    group = dims.hv // dims.hk
+    if group & (group - 1):
+        raise ValueError(f"HV/HK = {group} must be a power of two")
     if params.conv_activation not in (None, "silu", "swish"):
         raise ValueError(f"unsupported conv activation {params.conv_activation!r}")
     if params.gate_activation not in ("silu", "swish", "sigmoid"):

@@ -2,10 +2,10 @@
 `ray.serve.llm`.
 
 `build_app(args)` is the `import_path` target of the application (locally and in a RayService's
-serveConfigV2); `args` is an `AppConfig` as a dict. One arch: Ray Serve LLM's OpenAI app (with
-direct streaming where the environment enables it, the LLM deployment itself is the ingress; see
-`docs/architecture.md`). Several archs: one LLM deployment per arch behind one OpenAI ingress
-that balances them by load.
+serveConfigV2); `args` is an `AppConfig` as a dict. With direct streaming enabled in the
+environment (the local single-arch stack), Ray Serve LLM's OpenAI app whose LLM deployment is
+itself the ingress (see `docs/architecture.md`). Otherwise one LLM deployment per arch (one or
+more) behind one OpenAI ingress that balances them by load and checks the API key if any.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
+from ray.llm._internal.serve.constants import RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.llm._internal.serve.core.ingress.ingress import init as init_ingress_app
 from ray.serve import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment, build_openai_app
 from ray.serve.llm.ingress import make_fastapi_ingress
 
 from gdn_serve.serve import loopback
-from gdn_serve.serve.config import AppConfig, ArchDeployment
+from gdn_serve.serve.auth import ApiKeyMiddleware
+from gdn_serve.serve.config import AppConfig, ArchDeployment, ConfigError
 
 
 def engine_kwargs(config: AppConfig, arch: ArchDeployment) -> dict[str, Any]:
@@ -77,7 +80,15 @@ def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
     )
 
 
-def build_multi_arch_app(config: AppConfig) -> Application:
+def ingress_app(config: AppConfig) -> Any:
+    """Ray Serve LLM's ingress FastAPI app, with the API key check when one is configured."""
+    app = init_ingress_app()
+    if config.api_key_env:
+        app.add_middleware(ApiKeyMiddleware, env_var=config.api_key_env)  # outermost: first
+    return app
+
+
+def build_balanced_app(config: AppConfig) -> Application:
     """One LLM deployment per arch, all under the served model name, behind one ingress that
     sends each request to the least loaded arch (gdn_serve/serve/ingress.py)."""
     from gdn_serve.serve.ingress import ArchBalancedIngress
@@ -87,7 +98,8 @@ def build_multi_arch_app(config: AppConfig) -> Application:
     options = ArchBalancedIngress.get_deployment_options(list(configs.values()))
     if not any(arch.use_gpu for arch in config.archs):
         options["ray_actor_options"] = {"num_cpus": 0}  # CPU engines hold every core
-    ingress = serve.deployment(**options)(make_fastapi_ingress(ArchBalancedIngress))
+    ingress_cls = make_fastapi_ingress(ArchBalancedIngress, app=ingress_app(config))
+    ingress = serve.deployment(**options)(ingress_cls)
     first = next(iter(configs.values()))
     return ingress.bind(
         arch_deployments=deployments,
@@ -99,6 +111,11 @@ def build_multi_arch_app(config: AppConfig) -> Application:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / serveConfigV2 (`args` is an AppConfig dict)."""
     config = AppConfig.from_dict(args)
-    if len(config.archs) > 1:
-        return build_multi_arch_app(config)
+    if not RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
+        return build_balanced_app(config)
+    if len(config.archs) > 1 or config.api_key_env:
+        raise ConfigError(
+            "direct streaming serves one arch without an API key; unset "
+            "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING for several archs or an API key"
+        )
     return build_openai_app({"llm_configs": [llm_config(config, config.archs[0])]})

@@ -39,6 +39,12 @@ def wait_until_serving(
         time.sleep(0.5)
 
 
+def child_environment(overrides: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment with `overrides` applied; a None value unsets a variable."""
+    merged = {**os.environ, **overrides}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
 @dataclass(frozen=True)
 class Listener:
     ip: str
@@ -60,12 +66,12 @@ class ServerProcess:
         argv: Sequence[str],
         api_url: str,
         log_path: Path,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.api_url = api_url
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_environment(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._seen: dict[int, psutil.Process] = {}
 

@@ -25,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gdn_serve import paths
 from gdn_serve.serve.local import LocalOptions, app_config, free_port
-from gdn_serve.servers import ServerProcess
+from gdn_serve.servers import ServerProcess, child_environment
 from gdn_serve.tiny_model import ensure_tiny_model
+from tests.conftest import child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -65,6 +66,7 @@ def _plain_vllm_reference(model: Path, workdir: Path) -> subprocess.Popen[bytes]
         return subprocess.Popen(
             [sys.executable, str(script), "request.json", "result.json"],
             cwd=workdir,
+            env=child_environment(child_env()),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -90,7 +92,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ],
         api_url=f"http://127.0.0.1:{port}/v1",
         log_path=workdir / "stack.log",
-        env={"GDN_SERVE_QUIET": "1"},
+        env=child_env(),
     )
     try:
         server.start(timeout_s=600)

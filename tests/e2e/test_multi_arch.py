@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gdn_serve.serve.local import free_port
 from gdn_serve.servers import ServerProcess
+from tests.conftest import child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -44,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         ],
         api_url=f"http://127.0.0.1:{port}/v1",
         log_path=tmp_path_factory.mktemp("multi") / "stack.log",
-        env={"GDN_SERVE_QUIET": "1"},
+        env=child_env(),
     )
     try:
         yield server.start(timeout_s=600), f"http://127.0.0.1:{metrics_port}/metrics"

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the results document (JSON) here")
     p.add_argument("--extract-vllm", type=Path, metavar="WHEEL", help="vllm==0.32.0 wheel")
     p.add_argument("--write-table", type=Path, nargs="+", metavar="RUN_JSON")
+    p.add_argument("--report", type=Path, nargs="+", metavar="RUN_JSON", help="tables of runs")
     return p
 
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.write_table:
         tune.write_table([json.loads(p.read_text()) for p in args.write_table], TABLE_PATH)
+        return 0
+    if args.report:
+        print("\n\n".join(render_markdown(json.loads(p.read_text())) for p in args.report))
         return 0
     if not torch.cuda.is_available():
         print("gdn-serve bench needs a CUDA GPU (this machine has none)", file=sys.stderr)
@@ -197,29 +201,51 @@ def _time_or_nan(step: Step, rotations: int, what: str) -> float:
 
 
 def render_markdown(doc: dict) -> str:
-    """Per state dtype and HV: µs and % of copy bandwidth per kernel, our speedups."""
+    """The run as two markdown tables: the decode core (µs, % of the copy bandwidth, our
+    speedup) and one GDN layer's decode step (conv + core + gated norm)."""
     env = doc["env"]
+    by: dict[tuple, dict[str, dict]] = {}
+    for r in doc["results"]:
+        by.setdefault((r["dtype"], r["hv"], r["batch"]), {})[r["kernel"]] = r
     lines = [
         f"{env['gpu']} ({env['arch']}, {env['sms']} SMs, L2 {env['l2_bytes'] >> 20} MiB), "
-        f"copy {env['copy_gbs']:.0f} GB/s, torch {env['torch']}, triton {env['triton']}, "
-        f"CUDA {env['cuda']}, driver {env['driver']}, {env['date']}",
+        f"copy bandwidth {env['copy_gbs']:.0f} GB/s; torch {env['torch']}, triton "
+        f"{env['triton']}, CUDA {env['cuda']}, driver {env['driver']}; {env['date']}",
+        "",
+        "| state | HV | B | ours µs | vLLM µs | FLA µs | ours %BW | vLLM %BW | FLA %BW "
+        "| vs vLLM | vs FLA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows: dict[tuple, dict[str, dict]] = {}
-    for r in doc["results"]:
-        rows.setdefault((r["dtype"], r["hv"], r["batch"]), {})[r["kernel"]] = r
-    kernels = ["ours", "vllm", "fla", "ours-fused-layer", "vllm-layer", "vllm-layer-3-kernels"]
-    header = "| state | HV | B | " + " | ".join(f"{k} µs (%BW)" for k in kernels)
-    lines += ["", header + " | vs vllm | fused vs vllm-layer |", "|" + "---|" * (len(kernels) + 5)]
-    for (dtype, hv, batch), by in sorted(rows.items()):
-        cells = [
-            f"{by[k]['us']:.2f} ({by[k]['pct_copy_bw']:.0f}%)" if k in by else "—" for k in kernels
-        ]
-        speed = _ratio(by, "vllm", "ours")
-        fused = _ratio(by, "vllm-layer", "ours-fused-layer")
+    for (dtype, hv, batch), k in sorted(by.items()):
+        us = " | ".join(_us(k, n) for n in ("ours", "vllm", "fla"))
+        bw = " | ".join(_pct(k, n) for n in ("ours", "vllm", "fla"))
         lines.append(
-            f"| {dtype} | {hv} | {batch} | " + " | ".join(cells) + f" | {speed} | {fused} |"
+            f"| {dtype} | {hv} | {batch} | {us} | {bw} | {_ratio(k, 'vllm', 'ours')} "
+            f"| {_ratio(k, 'fla', 'ours')} |"
+        )
+    lines += [
+        "",
+        "| state | HV | B | ours fused µs | vLLM layer µs | vLLM 3 kernels µs "
+        "| vs vLLM layer | vs 3 kernels |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dtype, hv, batch), k in sorted(by.items()):
+        us = " | ".join(
+            _us(k, n) for n in ("ours-fused-layer", "vllm-layer", "vllm-layer-3-kernels")
+        )
+        lines.append(
+            f"| {dtype} | {hv} | {batch} | {us} | {_ratio(k, 'vllm-layer', 'ours-fused-layer')} "
+            f"| {_ratio(k, 'vllm-layer-3-kernels', 'ours-fused-layer')} |"
         )
     return "\n".join(lines)
+
+
+def _us(by: dict[str, dict], name: str) -> str:
+    return f"{by[name]['us']:.2f}" if name in by else "—"
+
+
+def _pct(by: dict[str, dict], name: str) -> str:
+    return f"{by[name]['pct_copy_bw']:.1f}" if name in by else "—"
 
 
 def _ratio(by: dict[str, dict], base: str, ours: str) -> str:

@@ -1,14 +1,16 @@
-"""Our Triton kernels (run by Triton's interpreter) against the float64 reference."""
+"""Our Triton kernels against the float64 reference. On this CPU-only machine they run in
+Triton's interpreter, which the suite's root conftest switches on before anything imports
+Triton."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from gdn_serve.kernels import triton_decode, triton_fused
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
+    HeadDims,
     gdn_decode_reference,
     gdn_fused_decode_reference,
 )
@@ -30,12 +32,12 @@ def _state_bound(dtype: torch.dtype) -> float:
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("block_v", [16, 0], ids=["split-v", "whole-v"])
 def test_decode_matches_float64_reference(
-    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, block_v: int
+    state_dtype: torch.dtype, group: int, dim: int, block_v: int
 ) -> None:
     case = make_decode_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
     out, state = case.new_out(torch.bfloat16), case.state.clone()
     config = LaunchConfig(block_v or dim, num_warps=4)
-    triton_kernels.decode.gdn_decode(*case.args(state, out, True), config=config)
+    triton_decode.gdn_decode(*case.args(state, out, True), config=config)
 
     ref = case.as_float64()
     out64, state64 = ref.new_out(torch.float64), ref.state.clone()
@@ -46,10 +48,10 @@ def test_decode_matches_float64_reference(
     assert torch.all(out[[1, 3]] == 0)
 
 
-def test_decode_without_l2norm_and_with_fp32_output(triton_kernels: SimpleNamespace) -> None:
+def test_decode_without_l2norm_and_with_fp32_output() -> None:
     case = make_decode_case([1, 3], hk=2, group=2, k=32, v=32)
     out, state = case.new_out(torch.float32), case.state.clone()
-    triton_kernels.decode.gdn_decode(*case.args(state, out, False), config=LaunchConfig(8, 2))
+    triton_decode.gdn_decode(*case.args(state, out, False), config=LaunchConfig(8, 2))
     ref = case.as_float64()
     out64, state64 = ref.new_out(torch.float64), ref.state.clone()
     gdn_decode_reference(*ref.args(state64, out64, False))
@@ -57,10 +59,10 @@ def test_decode_without_l2norm_and_with_fp32_output(triton_kernels: SimpleNamesp
     assert_within(state, state64, rel=1e-5, floor=1e-6)
 
 
-def test_decode_rejects_repeated_slots_when_validating(triton_kernels: SimpleNamespace) -> None:
+def test_decode_rejects_repeated_slots_when_validating() -> None:
     case = make_decode_case([2, 2], k=16, v=16)
     with pytest.raises(ValueError, match="repeated slot"):
-        triton_kernels.decode.gdn_decode(
+        triton_decode.gdn_decode(
             *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), validate=True
         )
 
@@ -69,29 +71,25 @@ def test_decode_rejects_repeated_slots_when_validating(triton_kernels: SimpleNam
     ("config", "message"),
     [(LaunchConfig(12, 1), "block_v"), (LaunchConfig(16, 1, per_key_head=True), "per-key-head")],
 )
-def test_decode_rejects_configs_it_cannot_run(
-    triton_kernels: SimpleNamespace, config: LaunchConfig, message: str
-) -> None:
+def test_decode_rejects_configs_it_cannot_run(config: LaunchConfig, message: str) -> None:
     case = make_decode_case([1], k=16, v=16)
     with pytest.raises(ValueError, match=message):
-        triton_kernels.decode.gdn_decode(
+        triton_decode.gdn_decode(
             *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), config=config
         )
 
 
-def _run_fused(
-    kernels: SimpleNamespace, case: FusedCase, config: LaunchConfig, steps: int = 1
-) -> tuple[torch.Tensor, ...]:
+def _run_fused(case: FusedCase, config: LaunchConfig, steps: int = 1) -> tuple[torch.Tensor, ...]:
     """`steps` launches of the fused kernel (one workspace) and of the float64 reference.
     Returns kernel out, ssm state, conv state, then the reference's three."""
     core = case.core
     out = torch.empty_like(case.z)
     ssm, conv = core.state.clone(), case.conv_state.clone()
-    workspace = kernels.fused.FusedWorkspace.allocate(len(core.indices), core.dims, out.device)
+    workspace = triton_fused.FusedWorkspace.allocate(len(core.indices), core.dims, out.device)
     ref = case.as_float64()
     out64, ssm64, conv64 = torch.empty_like(ref.z), ref.core.state.clone(), ref.conv_state.clone()
     for _ in range(steps):
-        kernels.fused.gdn_fused_decode(
+        triton_fused.gdn_fused_decode(
             core.mixed_qkv, core.a, core.b, case.z, conv, ssm, core.indices, out, case.params,
             workspace=workspace, config=config,
         )  # fmt: skip
@@ -124,10 +122,10 @@ FUSED_MODES = {
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("mode", list(FUSED_MODES))
 def test_fused_matches_float64_reference(
-    triton_kernels: SimpleNamespace, state_dtype: torch.dtype, group: int, dim: int, mode: str
+    state_dtype: torch.dtype, group: int, dim: int, mode: str
 ) -> None:
     case = make_fused_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, FUSED_MODES[mode](dim)))
+    _assert_fused_close(case, _run_fused(case, FUSED_MODES[mode](dim)))
 
 
 @pytest.mark.parametrize(
@@ -139,27 +137,24 @@ def test_fused_matches_float64_reference(
     ],
     ids=["conv-state-dim-first", "no-bias-no-activation", "sigmoid-gate-width-3"],
 )
-def test_fused_layer_options(triton_kernels: SimpleNamespace, options: dict) -> None:
+def test_fused_layer_options(options: dict) -> None:
     case = make_fused_case([2, 0, 4], hk=2, group=2, k=32, v=32, **options)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, LaunchConfig(8, 2)))
+    _assert_fused_close(case, _run_fused(case, LaunchConfig(8, 2)))
 
 
-def test_fused_two_steps_carry_both_states(triton_kernels: SimpleNamespace) -> None:
+def test_fused_two_steps_carry_both_states() -> None:
     case = make_fused_case([3, 1], hk=2, group=2, k=32, v=32)
-    _assert_fused_close(case, _run_fused(triton_kernels, case, LaunchConfig(16, 4), steps=2))
-    _assert_fused_close(
-        case, _run_fused(triton_kernels, case, LaunchConfig(32, 2, per_key_head=True), steps=2)
-    )
+    _assert_fused_close(case, _run_fused(case, LaunchConfig(16, 4), steps=2))
+    _assert_fused_close(case, _run_fused(case, LaunchConfig(32, 2, per_key_head=True), steps=2))
 
 
-def test_fused_rejects_a_workspace_for_other_heads(triton_kernels: SimpleNamespace) -> None:
+def test_fused_rejects_a_workspace_for_other_heads() -> None:
     case = make_fused_case([1], hk=1, group=2, k=16, v=16)
     core = case.core
-    small = triton_kernels.fused.FusedWorkspace.allocate(
-        1, core.dims.__class__(1, 1, 16, 16), "cpu"
-    )
+    other_heads = HeadDims(hk=1, hv=1, k=16, v=16)
+    small = triton_fused.FusedWorkspace.allocate(1, other_heads, torch.device("cpu"))
     with pytest.raises(ValueError, match="workspace"):
-        triton_kernels.fused.gdn_fused_decode(
+        triton_fused.gdn_fused_decode(
             core.mixed_qkv, core.a, core.b, case.z, case.conv_state.clone(), core.state.clone(),
             core.indices, torch.empty_like(case.z), case.params, workspace=small,
         )  # fmt: skip

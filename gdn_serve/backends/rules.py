@@ -65,13 +65,12 @@ class ArchPreference:
 
 
 # The order per arch, best first, from docs/benchmarks.md (same run, same GPU, Qwen3.5 shapes).
-# sm90 (H100 and H200): our decode kernel is at least as fast as vLLM's at every shape (0.99x to
-# 2.06x, B=1..1024, HV=8..32, fp32 and bf16 state); the fused layer kernel is 1.4-2.1x faster per
-# layer than vLLM's launches at B <= 32 but 0.7-0.97x at B >= 256, so it is not the default for
-# a serving batch that grows with load. FlashInfer could not be measured in the same run (see
-# docs/benchmarks.md); vLLM's kernel is the measured, pinned fallback ahead of it.
-# Archs without a GPU here to measure are marked unmeasured; their order is reasoned in
-# docs/kernels.md.
+# sm90 (H100 and H200): our decode kernel is faster than vLLM's or within 1% of it at every
+# shape (0.99x to 2.06x; B = 1..1024, HV = 8..32, fp32 and bf16 state). The fused layer kernel is
+# 1.0-2.1x faster per layer than vLLM's launches at B <= 32 but 0.7-1.03x at B >= 256, so it is
+# not the default for a serving batch that grows with load. FlashInfer could not be measured in
+# the same run (docs/benchmarks.md says why): vLLM's kernel, measured and pinned, comes first.
+# Archs without a GPU here to measure are marked unmeasured; docs/kernels.md reasons their order.
 PREFERENCES: dict[str, ArchPreference] = {
     "cpu": ArchPreference(("cpu", "reference"), "CPU: vLLM's C++ op, the torch reference last"),
     "sm90": ArchPreference(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shutil
 import signal
 import socket
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,10 +157,10 @@ def _direct_streaming_env(sockets: Path) -> dict[str, str]:
 
 
 def remove_sockets(*folders: Path) -> None:
-    """Unlink the Unix socket files a run leaves behind (Ray, HAProxy, vLLM's ZMQ IPC)."""
+    """Unlink the Unix socket files a run leaves behind (Ray's session, vLLM's ZMQ IPC)."""
     for folder in folders:
         for path in folder.rglob("*") if folder.is_dir() else ():
-            if path.is_socket() or (path.is_file() and stat.S_ISSOCK(path.lstat().st_mode)):
+            if path.is_socket():
                 path.unlink(missing_ok=True)
 
 
@@ -242,7 +242,9 @@ class LocalStack:
             for proc in alive:
                 proc.kill()
             psutil.wait_procs(alive, timeout=5)
-            remove_sockets(self.sockets, self.root / "ray", self.root / "tmp")
+            # HAProxy's folder holds only this run's state (config, sockets, locks).
+            shutil.rmtree(self.sockets, ignore_errors=True)
+            remove_sockets(self.root / "ray", self.root / "tmp")
             self._started = False
 
     def __enter__(self) -> LocalStack:

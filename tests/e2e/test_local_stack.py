@@ -299,5 +299,6 @@ def test_sigint_stops_every_process_and_leaves_no_socket(stack: Stack) -> None:
     assert stack.server.survivors() == []
     root = paths.cache_root()
     assert [p for p in root.rglob("*") if p.is_socket() and "venv" not in p.parts] == []
+    assert not (root / "s").exists()  # HAProxy's per-run folder (config, sockets, locks)
     assert {path for path in LITTER if path.exists()} == litter_before
     assert "gdn-serve: stopped" in stack.server.log_path.read_text()

@@ -4,7 +4,8 @@ vLLM's Triton kernels are pure Python inside the pinned `vllm==0.32.0` wheel. `e
 copies the few modules the decode path needs out of a downloaded wheel into a scratch folder
 (never into this repository) and writes the small shims they import in place of the engine
 (`vllm.triton_utils`, `vllm.platforms.current_platform`, ...); `load_vllm` imports them from there.
-fla-core is an ordinary wheel (`fla.ops.gated_delta_rule`).
+fla-core and flashinfer-python are ordinary packages; each loader returns None where its package
+is not installed, and the benchmark leaves that column empty.
 """
 
 from __future__ import annotations
@@ -122,3 +123,12 @@ def load_fla() -> SimpleNamespace | None:
     except ImportError:
         return None
     return SimpleNamespace(fused_recurrent=module.fused_recurrent_gated_delta_rule)
+
+
+def load_flashinfer() -> SimpleNamespace | None:
+    """FlashInfer's pool-indexed `gated_delta_rule_decode_pretranspose`, or None."""
+    try:
+        module = importlib.import_module("flashinfer.gdn_decode")
+    except ImportError:
+        return None
+    return SimpleNamespace(decode=module.gated_delta_rule_decode_pretranspose)

@@ -4,17 +4,19 @@ Also runs as a plain script on a GPU machine (`python -m gdn_serve.kernels.bench
   1. correctness of our kernels against the float64 reference (and vLLM's) on the GPU;
   2. optionally (--tune) the launch-config sweep behind launch_table.py;
   3. CUDA-graph timings over rotating state slots (pool >> L2) of our decode kernel, vLLM's
-     packed decode, fla-core's fused_recurrent (dense state) and, per layer, our fused kernel
-     against vLLM's conv -> decode -> norm sequence, with the device copy bandwidth of the run.
-Results go to a JSON document (--out) and a markdown summary on stdout. Two CPU-side steps:
+     packed decode, fla-core's fused_recurrent (dense state), FlashInfer's pretranspose decode
+     (when installed) and, per layer, our fused kernel against vLLM's conv -> decode -> norm
+     sequence, with the device copy bandwidth of the run.
+Results go to a JSON document (--out) and a markdown summary on stdout. CPU-side steps:
 --extract-vllm pulls vLLM's kernels out of the pinned wheel; --write-table turns run documents
-into launch_table.py.
+into launch_table.py; --report prints a run document's tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import torch
 import triton
 
 from gdn_serve.kernels import gpu_checks, timing, tune
-from gdn_serve.kernels.baselines import extract_vllm, load_fla, load_vllm
+from gdn_serve.kernels.baselines import extract_vllm, load_fla, load_flashinfer, load_vllm
 from gdn_serve.kernels.bench_problem import Problem, Shape, Step
 from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, lookup
 
@@ -70,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
-def _environment(vllm_src: Path | None) -> dict:
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _environment(vllm_src: Path | None, baselines: SimpleNamespace) -> dict:
     props = torch.cuda.get_device_properties(0)
     smi = subprocess.run(
         ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -78,7 +87,6 @@ def _environment(vllm_src: Path | None) -> dict:
         text=True,
         check=False,
     )
-    fla = load_fla()
     return {
         "gpu": props.name,
         "arch": device_arch(torch.device("cuda", 0)),
@@ -90,7 +98,8 @@ def _environment(vllm_src: Path | None) -> dict:
         "cuda": torch.version.cuda,
         "driver": smi.stdout.strip(),
         "vllm_kernels": (vllm_src / "SOURCE").read_text().strip() if vllm_src else "not loaded",
-        "fla": getattr(sys.modules.get("fla"), "__version__", "") if fla else "not installed",
+        "fla": _version("fla-core") if baselines.fla else "not installed",
+        "flashinfer": _version("flashinfer-python") if baselines.flashinfer else "not installed",
         "copy_gbs": timing.copy_bandwidth_gbs(),
     }
 
@@ -105,9 +114,14 @@ def _shapes(args: argparse.Namespace) -> list[Shape]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    vllm = load_vllm(args.vllm_src) if args.vllm_src else None
-    fla = load_fla()
-    doc: dict = {"env": _environment(args.vllm_src), "checks": [], "tuning": [], "results": []}
+    baselines = SimpleNamespace(
+        vllm=load_vllm(args.vllm_src) if args.vllm_src else None,
+        fla=load_fla(),
+        flashinfer=load_flashinfer(),
+    )
+    vllm = baselines.vllm
+    env = _environment(args.vllm_src, baselines)
+    doc: dict = {"env": env, "checks": [], "tuning": [], "results": []}
 
     def save() -> None:
         if args.out:
@@ -132,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 
     for shape in shapes:
         problem = Problem(shape, rotations[shape], buffer)
-        doc["results"] += _bench_shape(problem, doc, args.tune, vllm, fla)
+        doc["results"] += _bench_shape(problem, doc, args.tune, baselines)
         print(f"done hv={shape.hv} batch={shape.batch} {shape.state_dtype}", flush=True)
         save()
     print(render_markdown(doc))
@@ -158,11 +172,7 @@ def _configs(problem: Problem, doc: dict, tune_now: bool) -> dict[str, LaunchCon
 
 
 def _bench_shape(
-    problem: Problem,
-    doc: dict,
-    tune_now: bool,
-    vllm: SimpleNamespace | None,
-    fla: SimpleNamespace | None,
+    problem: Problem, doc: dict, tune_now: bool, baselines: SimpleNamespace
 ) -> list[dict]:
     configs = _configs(problem, doc, tune_now)
     s = problem.shape
@@ -170,12 +180,15 @@ def _bench_shape(
         "ours": (problem.ours(configs["decode"]), s.decode_bytes()),
         "ours-fused-layer": (problem.ours_fused(configs["fused"]), s.layer_bytes()),
     }
-    if vllm is not None:
+    if baselines.vllm is not None:
+        vllm = baselines.vllm
         runs["vllm"] = (problem.vllm(vllm), s.decode_bytes())
         runs["vllm-layer"] = (problem.vllm_layer(vllm, full=True), s.layer_bytes())
         runs["vllm-layer-3-kernels"] = (problem.vllm_layer(vllm, full=False), s.layer_bytes())
-    if fla is not None:
-        runs["fla"] = (problem.fla(fla), s.decode_bytes())
+    if baselines.fla is not None:
+        runs["fla"] = (problem.fla(baselines.fla), s.decode_bytes())
+    if baselines.flashinfer is not None:
+        runs["flashinfer"] = (problem.flashinfer(baselines.flashinfer), s.decode_bytes())
     copy_gbs = doc["env"]["copy_gbs"]
     results = []
     for name, (step, nbytes) in runs.items():
@@ -212,17 +225,16 @@ def render_markdown(doc: dict) -> str:
         f"copy bandwidth {env['copy_gbs']:.0f} GB/s; torch {env['torch']}, triton "
         f"{env['triton']}, CUDA {env['cuda']}, driver {env['driver']}; {env['date']}",
         "",
-        "| state | HV | B | ours µs | vLLM µs | FLA µs | ours %BW | vLLM %BW | FLA %BW "
-        "| vs vLLM | vs FLA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| state | HV | B | ours µs | vLLM µs | FLA µs | FlashInfer µs | ours %BW | vLLM %BW "
+        "| FLA %BW | FlashInfer %BW | vs vLLM | vs FLA | vs FlashInfer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (dtype, hv, batch), k in sorted(by.items()):
-        us = " | ".join(_us(k, n) for n in ("ours", "vllm", "fla"))
-        bw = " | ".join(_pct(k, n) for n in ("ours", "vllm", "fla"))
-        lines.append(
-            f"| {dtype} | {hv} | {batch} | {us} | {bw} | {_ratio(k, 'vllm', 'ours')} "
-            f"| {_ratio(k, 'fla', 'ours')} |"
-        )
+        decode = ("ours", "vllm", "fla", "flashinfer")
+        us = " | ".join(_us(k, n) for n in decode)
+        bw = " | ".join(_pct(k, n) for n in decode)
+        ratios = " | ".join(_ratio(k, n, "ours") for n in decode[1:])
+        lines.append(f"| {dtype} | {hv} | {batch} | {us} | {bw} | {ratios} |")
     lines += [
         "",
         "| state | HV | B | ours fused µs | vLLM layer µs | vLLM 3 kernels µs "

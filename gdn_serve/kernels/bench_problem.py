@@ -134,20 +134,34 @@ class Problem:
 
         return step
 
-    def fla(self, fla: SimpleNamespace) -> Step:
-        """fla-core's fused_recurrent with in-kernel gating, V-first dense state (no pool: each
-        rotation's slots are one contiguous block of the pool), new final-state tensor."""
-        d, b, p = self.shape.dims, self.shape.batch, self.params
+    def _split_qkv(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Contiguous q, k [B, 1, HK, K] and v [B, 1, HV, V]: the split-input baselines' form."""
+        d, b = self.shape.dims, self.shape.batch
         q, k, v = (
             t.contiguous()
             for t in self.mixed_qkv.split([d.hk * d.k, d.hk * d.k, d.hv * d.v], dim=-1)
         )
-        q, k = q.view(b, 1, d.hk, d.k), k.view(b, 1, d.hk, d.k)
-        v = v.view(b, 1, d.hv, d.v)
+        return q.view(b, 1, d.hk, d.k), k.view(b, 1, d.hk, d.k), v.view(b, 1, d.hv, d.v)
+
+    def fla(self, fla: SimpleNamespace) -> Step:
+        """fla-core's fused_recurrent with in-kernel gating, V-first dense state (no pool: each
+        rotation's slots are one contiguous block of the pool), new final-state tensor."""
+        d, b, p = self.shape.dims, self.shape.batch, self.params
+        q, k, v = self._split_qkv()
         g, beta = self.a_c.view(b, 1, d.hv), self.b_c.view(b, 1, d.hv)
         return lambda r: fla.fused_recurrent(
             q, k, v, g=g, beta=beta, scale=p.scale,
             initial_state=self.pool[1 + r * b : 1 + (r + 1) * b], output_final_state=True,
             use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, A_log=p.A_log,
             dt_bias=p.dt_bias, use_beta_sigmoid_in_kernel=True, state_v_first=True,
+        )  # fmt: skip
+
+    def flashinfer(self, fi: SimpleNamespace) -> Step:
+        """FlashInfer's pretranspose decode on the same pool and slots (no null slots here)."""
+        d, b, p = self.shape.dims, self.shape.batch, self.params
+        q, k, v = self._split_qkv()
+        a, bb = self.a_c.view(b, 1, d.hv), self.b_c.view(b, 1, d.hv)
+        return lambda r: fi.decode(
+            q, k, v, None, p.A_log, a, p.dt_bias, bb, scale=p.scale, output=self.out,
+            use_qk_l2norm=True, initial_state=self.pool, initial_state_indices=self.indices[r],
         )  # fmt: skip

@@ -57,7 +57,10 @@ def choose(records: Iterable[Record]) -> dict:
     table: dict[tuple[str, str, str, int], dict[int, tuple]] = {}
     for (arch, kernel, dtype, hv, batch), timings in sorted(by_shape.items()):
         gpus = set.intersection(*(set(t) for t in timings.values()))
-        best = {g: min(t[g] for t in timings.values()) for g in gpus}
+        best = {
+            g: min((t[g] for t in timings.values() if not math.isnan(t[g])), default=math.inf)
+            for g in gpus
+        }
         table.setdefault((arch, kernel, dtype, hv), {})[batch] = min(
             timings, key=lambda c: _worst(timings[c], best, gpus)
         )

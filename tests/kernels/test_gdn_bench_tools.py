@@ -1,0 +1,92 @@
+"""The CPU side of the benchmark: tuning merge, table lookup, vLLM extraction, slot rotation."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from gdn_serve.kernels import launch, launch_table, tune
+from gdn_serve.kernels.baselines import VLLM_FILES, extract_vllm
+from gdn_serve.kernels.launch import LaunchConfig
+from gdn_serve.kernels.timing import rotations_for
+
+
+def _record(gpu: str, block_v: int, us: float, batch: int = 1) -> dict:
+    return {"arch": "sm90", "gpu": gpu, "kernel": "decode", "dtype": "float32", "hv": 32,
+            "batch": batch, "block_v": block_v, "num_warps": 1, "per_key_head": False,
+            "us": us}  # fmt: skip
+
+
+def test_choose_minimises_the_worst_slowdown_over_gpus() -> None:
+    # block 4 is best on A by a hair and 50 % slower on B; block 8 is within 10 % on both
+    records = [
+        _record("A", 4, 1.00), _record("A", 8, 1.10),
+        _record("B", 4, 3.00), _record("B", 8, 2.00),
+    ]  # fmt: skip
+    table = tune.choose(records)
+    assert table[("sm90", "decode", "float32", 32)][1] == (8, 1, False)
+
+
+def test_a_failed_timing_never_wins() -> None:
+    records = [_record("A", 4, float("nan")), _record("A", 8, 5.0)]
+    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False)
+
+
+def test_written_table_round_trips_through_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = {
+        "env": {"arch": "sm90", "gpu": "A", "date": "2026-11-21", "triton": "3.6.0"},
+        "tuning": [_record("A", 4, 1.0, batch=1), _record("A", 32, 1.0, batch=1024)],
+    }
+    path = tmp_path / "table.py"
+    tune.write_table([run], path)
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    assert namespace["PROVENANCE"]["sm90:A"]["triton"] == "3.6.0"
+    monkeypatch.setattr(launch_table, "TABLE", namespace["TABLE"])
+    assert launch.lookup("decode", "sm90", torch.float32, 32, 2) == LaunchConfig(4, 1)
+    assert launch.lookup("decode", "sm90", torch.float32, 16, 600) == LaunchConfig(32, 1)
+    # an unmeasured arch borrows the nearest measured one; an untuned kernel gets the default
+    assert launch.lookup("decode", "sm89", torch.float32, 32, 1) == LaunchConfig(4, 1)
+    assert launch.lookup("fused", "sm90", torch.float32, 32, 1) == LaunchConfig(
+        *launch_table.DEFAULT["fused"]
+    )
+
+
+def test_extract_vllm_takes_the_kernels_from_the_wheel(tmp_path: Path) -> None:
+    wheel = tmp_path / "vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in VLLM_FILES:
+            zf.writestr(name, f"# {name}\n")
+        zf.writestr(
+            "vllm/v1/attention/backends/utils.py", "import x\nPAD_SLOT_ID = -1\nNULL_BLOCK_ID = 0\n"
+        )
+    out = tmp_path / "src"
+    extract_vllm(wheel, out)
+    for name in VLLM_FILES:
+        assert (out / name).read_text() == f"# {name}\n"
+    assert (out / "vllm/v1/attention/backends/utils.py").read_text() == (
+        "PAD_SLOT_ID = -1\nNULL_BLOCK_ID = 0\n"
+    )
+    assert (out / "SOURCE").read_text().strip() == wheel.name
+    assert "current_platform" in (out / "vllm/platforms/__init__.py").read_text()
+
+
+def test_extract_vllm_refuses_a_wheel_without_the_slot_constants(tmp_path: Path) -> None:
+    wheel = tmp_path / "vllm.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in (*VLLM_FILES, "vllm/v1/attention/backends/utils.py"):
+            zf.writestr(name, "")
+    with pytest.raises(ValueError, match="NULL_BLOCK_ID"):
+        extract_vllm(wheel, tmp_path / "src")
+
+
+@pytest.mark.parametrize(
+    ("launch_bytes", "expected"), [(1 << 20, 200), (1 << 31, 2), (1, 512), (50 << 20, 4)]
+)
+def test_rotations_span_four_l2s(launch_bytes: int, expected: int) -> None:
+    assert rotations_for(launch_bytes, l2_bytes=50 << 20) == expected

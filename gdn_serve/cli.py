@@ -60,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         enforce_eager=args.enforce_eager,
         kv_cache_gib=args.kv_cache_gib,
         simulated_archs=tuple(a for a in (args.simulate_archs or "").split(",") if a),
+        quiet=args.quiet,
     )
     opts.validate()
     interrupt_on_signals()  # SIGTERM takes the same way out as Ctrl-C: through stack.stop()
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--simulate-archs",
         metavar="ARCH,ARCH",
         help="one CPU deployment per named arch behind one balancing ingress (multi-arch app)",
+    )
+    run.add_argument(
+        "--quiet", action="store_true", help="keep Ray workers' logs out of the terminal"
     )
     run.set_defaults(func=cmd_run)
 

@@ -21,4 +21,4 @@ os.environ[INTERPRETER] = "1"
 
 def child_env() -> dict[str, str | None]:
     """Overrides for the environment of child processes (None: unset)."""
-    return {INTERPRETER: None, "GDN_SERVE_QUIET": "1"}
+    return {INTERPRETER: None}

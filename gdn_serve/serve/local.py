@@ -43,6 +43,7 @@ class LocalOptions:
     # the arch's Ray custom resource, all behind one balancing ingress. Exercises the multi-arch
     # application (what the operator deploys on a mixed cluster) on one machine.
     simulated_archs: tuple[str, ...] = ()
+    quiet: bool = False  # keep Ray workers' logs out of this terminal (they stay in .cache/ray)
 
     def validate(self) -> None:
         if not is_loopback(self.host):
@@ -214,7 +215,7 @@ class LocalStack:
             _temp_dir=str(self.root / "ray"),
             runtime_env={"worker_process_setup_hook": loopback.SETUP_HOOK},
             resources={a.ray_resource: 1.0 for a in self.config.archs if a.ray_resource},
-            log_to_driver=os.environ.get("GDN_SERVE_QUIET") != "1",
+            log_to_driver=not self.opts.quiet,
         )
         if self.handle_signals:
             # ray.init() installs its core worker's own SIGTERM handler, which ends the driver

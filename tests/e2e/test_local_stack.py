@@ -87,6 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             str(port),
             "--metrics-port",
             str(metrics_port),
+            "--quiet",
             "--max-model-len",
             str(MAX_MODEL_LEN),
         ],

@@ -38,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
             str(port),
             "--metrics-port",
             str(metrics_port),
+            "--quiet",
             "--max-model-len",
             "512",
             "--kv-cache-gib",

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gdn_serve import paths
@@ -38,7 +38,6 @@ class LocalOptions:
     replicas: int = 1
     enforce_eager: bool = False
     kv_cache_gib: float = 1.0
-    extra_engine_kwargs: dict[str, object] = field(default_factory=dict)
     # Pretend the machine has these GPU archs: one CPU deployment per name, each pinned through
     # the arch's Ray custom resource, all behind one balancing ingress. Exercises the multi-arch
     # application (what the operator deploys on a mixed cluster) on one machine.
@@ -88,7 +87,6 @@ def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
         "dtype": "bfloat16",  # vLLM's CPU GDN kernels require bf16
         "enforce_eager": opts.enforce_eager,
         "kv_cache_memory_bytes": int(opts.kv_cache_gib * 2**30),
-        **opts.extra_engine_kwargs,
     }
     return AppConfig(
         model_source=model_source,

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from prometheus_client.parser import text_string_to_metric_families
 
 from gdn_serve import paths
-from gdn_serve.serve.local import LocalOptions, app_config, free_port
+from gdn_serve.serve.local import LocalOptions, app_config
 from gdn_serve.servers import ServerProcess, child_environment
 from gdn_serve.tiny_model import ensure_tiny_model
 from tests.conftest import child_env
+from tests.e2e.stack_process import local_stack, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -77,24 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     model = ensure_tiny_model(paths.default_model_dir())
     reference = _plain_vllm_reference(model, workdir)
-    port, metrics_port = free_port(), free_port()
-    gdn_serve = Path(sys.executable).with_name("gdn-serve")
-    server = ServerProcess(
-        [
-            str(gdn_serve),
-            "run",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            "--quiet",
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-        ],
-        api_url=f"http://127.0.0.1:{port}/v1",
-        log_path=workdir / "stack.log",
-        env=child_env(),
-    )
+    server, metrics_url = local_stack(workdir, "--max-model-len", str(MAX_MODEL_LEN))
     try:
         server.start(timeout_s=600)
         assert reference.wait(timeout=600) == 0, (workdir / "reference.log").read_text()[-3000:]
@@ -102,7 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             server=server,
             client=openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0),
             model="tiny-qwen35",
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            metrics_url=metrics_url,
             reference=json.loads((workdir / "result.json").read_text()),
         )
     finally:
@@ -250,13 +232,10 @@ def test_still_serving_after_bad_requests(stack: Stack) -> None:
 
 
 def _metric_totals(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
     totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    for sample in scrape(url):
+        if sample.name.endswith("_total"):
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
 
 

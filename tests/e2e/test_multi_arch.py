@@ -4,19 +4,14 @@ its arch's Ray custom resource, as on a mixed cluster) behind one balancing Open
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from gdn_serve.serve.local import free_port
 from gdn_serve.servers import ServerProcess
-from tests.conftest import child_env
+from tests.e2e.stack_process import local_stack, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -26,43 +21,22 @@ MODEL = "tiny-qwen35"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    port, metrics_port = free_port(), free_port()
-    gdn_serve = Path(sys.executable).with_name("gdn-serve")
-    server = ServerProcess(
-        [
-            str(gdn_serve),
-            "run",
-            "--simulate-archs",
-            ",".join(ARCHS),
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics_port),
-            "--quiet",
-            "--max-model-len",
-            "512",
-            "--kv-cache-gib",
-            "0.5",
-        ],
-        api_url=f"http://127.0.0.1:{port}/v1",
-        log_path=tmp_path_factory.mktemp("multi") / "stack.log",
-        env=child_env(),
+    stack, metrics_url = local_stack(
+        tmp_path_factory.mktemp("multi"),
+        *("--simulate-archs", ",".join(ARCHS), "--max-model-len", "512", "--kv-cache-gib", "0.5"),
     )
     try:
-        yield server.start(timeout_s=600), f"http://127.0.0.1:{metrics_port}/metrics"
+        yield stack.start(timeout_s=600), metrics_url
     finally:
-        server.stop()
+        stack.stop()
 
 
 def _requests_per_deployment(metrics_url: str) -> dict[str, float]:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ray_serve_deployment_request_counter_total":
-                name = sample.labels.get("deployment", "")
-                counts[name] = counts.get(name, 0.0) + sample.value
+    for sample in scrape(metrics_url):
+        if sample.name == "ray_serve_deployment_request_counter_total":
+            name = sample.labels.get("deployment", "")
+            counts[name] = counts.get(name, 0.0) + sample.value
     return counts
 
 

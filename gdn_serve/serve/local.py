@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from gdn_serve.serve.config import AppConfig, ArchDeployment, arch_resource
 
 APP_NAME = "gdn-serve"
 DEFAULT_SERVED_NAME = "tiny-qwen35"
-# HAProxy refuses Unix socket paths over 97 bytes and Serve adds "/<56-hex node id>/<name>".
-_MAX_SOCKET_DIR = 97 - 58 - 1
+# HAProxy refuses Unix socket paths over 97 bytes; Serve adds "/<56-hex node id>/a" and HAProxy
+# binds through a temporary "<path>.<pid>.tmp" first.
+_MAX_SOCKET_DIR = 97 - len("/" + "0" * 56 + "/a") - len(".4194304.tmp")
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,13 @@ def free_port() -> int:
 
 
 def socket_dir(root: Path) -> Path:
-    """Folder for HAProxy's Unix sockets, short enough for the 97-byte socket path limit."""
+    """Folder for HAProxy's Unix sockets, short enough for the 97-byte socket path limit: in
+    the cache folder when its path is short enough, else a private folder in /tmp (a checkout
+    deep in the file system); either way `LocalStack.stop()` removes it."""
     path = root / "s"
-    if len(str(path)) > _MAX_SOCKET_DIR:
-        raise ValueError(
-            f"the cache folder {root} is too long for Unix socket paths; set "
-            f"{paths.CACHE_ENV_VAR} to a folder of at most {_MAX_SOCKET_DIR - 2} characters"
-        )
-    return path
+    if len(str(path)) <= _MAX_SOCKET_DIR:
+        return path
+    return Path(tempfile.mkdtemp(prefix="gdn-", dir="/tmp"))
 
 
 def stack_env(root: Path, sockets: Path, direct_streaming: bool = True) -> dict[str, str]:
@@ -185,7 +186,7 @@ class LocalStack:
         self.handle_signals = handle_signals
         self.config = app_config(opts, model_source)
         self.root = paths.cache_root()
-        self.sockets = socket_dir(self.root)
+        self.sockets = self.root / "s"  # chosen for real by start()
         self._started = False
 
     @property
@@ -197,14 +198,15 @@ class LocalStack:
         return f"http://{loopback.LOOPBACK}:{self.opts.metrics_port}/metrics"
 
     def start(self) -> LocalStack:
-        os.environ.update(stack_env(self.root, self.sockets, len(self.config.archs) == 1))
+        self._started = True  # from here on, stop() has something to clean up
+        self.sockets = socket_dir(self.root)
         self.sockets.mkdir(parents=True, exist_ok=True)
+        os.environ.update(stack_env(self.root, self.sockets, len(self.config.archs) == 1))
         import ray
         from ray import serve
 
         from gdn_serve.serve.app import build_app
 
-        self._started = True
         ray.init(
             include_dashboard=False,
             namespace=APP_NAME,

@@ -18,7 +18,7 @@ export GDN_SERVE_CACHE := $(CACHE)
 
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test lint typecheck lock bench-stack clean
+.PHONY: help setup run test lint lock bench-stack operator-generate envtest clean
 
 help:
 	@echo "make run          set up, then serve the tiny Qwen3.5 model locally (Ctrl-C stops it)"
@@ -26,6 +26,8 @@ help:
 	@echo "make lint         ruff + mypy"
 	@echo "make bench-stack  vLLM's OpenAI server vs our Ray Serve stack, same machine, one run"
 	@echo "make lock         re-resolve requirements/cpu-dev.lock after changing pins"
+	@echo "make operator-generate  rewrite the chart's CRD and docs/crd-reference.md from the source"
+	@echo "make envtest      operator tests against a real API server (KUBEBUILDER_ASSETS=dir)"
 	@echo "make clean        remove .cache (venv, models, caches)"
 
 setup: $(STAMP)
@@ -53,6 +55,13 @@ lint: $(STAMP)
 
 bench-stack: $(STAMP)
 	$(VENV)/bin/gdn-serve bench-stack
+
+operator-generate: $(STAMP)
+	$(PY) tools/operator_generate.py
+
+envtest: $(STAMP)
+	@test -n "$$KUBEBUILDER_ASSETS" || { echo "set KUBEBUILDER_ASSETS to a folder with etcd and kube-apiserver"; exit 2; }
+	$(PY) -m pytest tests/operator/test_operator_envtest.py
 
 lock:
 	@test -x $(PY) || $(BOOT_PY) -m venv $(VENV)

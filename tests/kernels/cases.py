@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-from gdn_serve.kernels.reference import FusedLayerParams, HeadDims, bound_excess
+from gdn_serve.kernels.reference import (
+    FusedLayerParams,
+    HeadDims,
+    bound_excess,
+    gdn_decode_reference,
+)
 
 # One bf16 step, relative to the value (7 stored mantissa bits). The bound for "within bf16
 # rounding" is a full step, not half: Triton's interpreter truncates fp32 -> bf16 where the GPU
@@ -58,6 +63,13 @@ class DecodeCase:
 
     def new_out(self, dtype: torch.dtype) -> torch.Tensor:
         return torch.full((self.a.shape[0], 1, self.dims.hv, self.dims.v), 7.0, dtype=dtype)
+
+    def ground_truth(self, l2norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, updated state) of the reference in float64 on this case's inputs."""
+        c64 = self.as_float64()
+        out, state = c64.new_out(torch.float64), c64.state.clone()
+        gdn_decode_reference(*c64.args(state, out, l2norm))
+        return out, state
 
 
 def make_decode_case(

@@ -11,7 +11,6 @@ from gdn_serve.kernels import triton_decode, triton_fused
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
     HeadDims,
-    gdn_decode_reference,
     gdn_fused_decode_reference,
 )
 
@@ -39,9 +38,7 @@ def test_decode_matches_float64_reference(
     config = LaunchConfig(block_v or dim, num_warps=4)
     triton_decode.gdn_decode(*case.args(state, out, True), config=config)
 
-    ref = case.as_float64()
-    out64, state64 = ref.new_out(torch.float64), ref.state.clone()
-    gdn_decode_reference(*ref.args(state64, out64, True))
+    out64, state64 = case.ground_truth(True)
     assert_within(out, out64, rel=BF16_ULP, floor=1e-5)
     assert_within(state, state64, rel=_state_bound(state_dtype), floor=1e-6)
     assert torch.equal(state[[0, 1, 3, 4]], case.state[[0, 1, 3, 4]])  # untouched slots
@@ -52,9 +49,7 @@ def test_decode_without_l2norm_and_with_fp32_output() -> None:
     case = make_decode_case([1, 3], hk=2, group=2, k=32, v=32)
     out, state = case.new_out(torch.float32), case.state.clone()
     triton_decode.gdn_decode(*case.args(state, out, False), config=LaunchConfig(8, 2))
-    ref = case.as_float64()
-    out64, state64 = ref.new_out(torch.float64), ref.state.clone()
-    gdn_decode_reference(*ref.args(state64, out64, False))
+    out64, state64 = case.ground_truth(False)
     assert_within(out, out64, rel=1e-5, floor=1e-6)
     assert_within(state, state64, rel=1e-5, floor=1e-6)
 

@@ -22,15 +22,16 @@ touched only when torchvision is being imported anyway.
 
 from __future__ import annotations
 
-import argparse
-import importlib.abc
-import importlib.machinery
+# Imported at every interpreter start-up in the environment (the .pth file): keep it light.
+# (importlib.abc alone would pull in importlib.resources: ~9 ms on every start.)
 import sys
-import sysconfig
-from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import importlib.machinery
+    from collections.abc import Sequence
+    from pathlib import Path
+    from types import ModuleType
 
 PTH_NAME = "gdn_serve-torchvision-cpu.pth"
 # Loaded by the `.pth` file at interpreter start-up.
@@ -43,8 +44,9 @@ _SCHEMAS = {
 _library: Any = None  # keeps the torch.library.Library alive for the life of the process
 
 
-class _Hook(importlib.abc.MetaPathFinder):
-    """Runs `define_missing_ops` when torchvision reaches its meta registrations."""
+class _Hook:
+    """A sys.meta_path finder that runs `define_missing_ops` when torchvision reaches its meta
+    registrations."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -82,10 +84,15 @@ def install() -> None:
 
 
 def pth_path() -> Path:
+    import sysconfig
+    from pathlib import Path
+
     return Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--install", action="store_true", help="write the .pth hook file")
     args = parser.parse_args(argv)

@@ -26,12 +26,15 @@ from gdn_serve.serve.config import AppConfig, ArchDeployment, ConfigError
 
 
 def engine_kwargs(config: AppConfig, arch: ArchDeployment) -> dict[str, Any]:
-    """vLLM engine arguments for one arch: app-wide ones, then the arch's own on top."""
-    kwargs: dict[str, Any] = {"tensor_parallel_size": arch.tensor_parallel_size}
+    """vLLM engine arguments for one arch: app-wide ones, the arch's own on top, and the arch's
+    tensor parallel size last (it was planned for this arch's GPUs; an engine argument given
+    for the whole app must not override it)."""
+    kwargs: dict[str, Any] = {}
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
     kwargs.update(config.engine_kwargs)
     kwargs.update(arch.engine_kwargs)
+    kwargs["tensor_parallel_size"] = arch.tensor_parallel_size
     return kwargs
 
 

@@ -129,6 +129,7 @@ def load_flashinfer() -> SimpleNamespace | None:
     """FlashInfer's pool-indexed `gated_delta_rule_decode_pretranspose`, or None."""
     try:
         module = importlib.import_module("flashinfer.gdn_decode")
-    except ImportError:
+    except Exception as err:  # not installed, or its native parts fail to load: say which
+        print(f"FlashInfer not loaded: {err!r}", file=sys.stderr, flush=True)
         return None
     return SimpleNamespace(decode=module.gated_delta_rule_decode_pretranspose)

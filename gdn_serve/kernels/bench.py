@@ -18,6 +18,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, look
 
 HVS = (32, 16, 8)  # value heads per GPU at TP = 1, 2, 4
 BATCHES = (1, 8, 32, 128, 256, 512, 1024)
+FLOOR_MAX_BATCH = 32  # where latency, not bandwidth, sets the time: the floor probe runs there
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TABLE_PATH = Path(__file__).with_name("launch_table.py")
 
@@ -134,14 +136,20 @@ def _run(args: argparse.Namespace) -> int:
     need = max((1 + rotations[s] * s.batch) * s.state_bytes() // s.batch for s in shapes)
     buffer = torch.empty(need, dtype=torch.uint8, device="cuda")
 
+    # every config the tuner may pick is checked against the float64 reference in this run
     for dtype in dict.fromkeys(s.state_dtype for s in shapes):
         problem = Problem(Shape(32, 8, dtype), 2, buffer)
-        doc["checks"] += [
-            gpu_checks.check_decode(problem, vllm),
-            gpu_checks.check_fused(problem, vllm),
-        ]
+        for kernel, check in (
+            ("decode", gpu_checks.check_decode),
+            ("fused", gpu_checks.check_fused),
+        ):
+            doc["checks"] += [
+                check(problem, vllm if i == 0 else None, c)
+                for i, c in enumerate(tune.CANDIDATES[kernel])
+            ]
     ok = all(gpu_checks.passed(c) for c in doc["checks"])
-    print(json.dumps(doc["checks"], indent=1), flush=True)
+    print(json.dumps([c for c in doc["checks"] if not gpu_checks.passed(c)] or "all checks passed",
+                     indent=1), flush=True)  # fmt: skip
     save()
 
     for shape in shapes:
@@ -193,13 +201,31 @@ def _bench_shape(
     results = []
     for name, (step, nbytes) in runs.items():
         us = _time_or_nan(step, problem.rotations, f"{name} at {s}")
-        results.append({
-            "kernel": name, "hv": s.hv, "batch": s.batch, "dtype": dtype_name(s.state_dtype),
-            "us": us, "pct_copy_bw": 100 * nbytes / (us * 1e3) / copy_gbs,
-            "config": list(vars(configs["fused" if "fused" in name else "decode"]).values())
-            if name.startswith("ours") else None,
-        })  # fmt: skip
+        results.append(_result(name, s, us, 100 * nbytes / (us * 1e3) / copy_gbs,
+                               configs["fused" if "fused" in name else "decode"]
+                               if name.startswith("ours") else None))  # fmt: skip
+    if s.batch <= FLOOR_MAX_BATCH:
+        results.append(_floor(problem, copy_gbs))
     return results
+
+
+def _result(name: str, s: Shape, us: float, pct: float, config: LaunchConfig | None) -> dict:
+    return {
+        "kernel": name, "hv": s.hv, "batch": s.batch, "dtype": dtype_name(s.state_dtype),
+        "us": us, "pct_copy_bw": pct, "config": list(vars(config).values()) if config else None,
+    }  # fmt: skip
+
+
+def _floor(problem: Problem, copy_gbs: float) -> dict:
+    """The fastest the state traffic alone runs, over every one-tile grid the tuner tries."""
+    s = problem.shape
+    timed = [
+        (_time_or_nan(problem.floor(c), problem.rotations, f"floor {c} at {s}"), c)
+        for c in tune.DECODE_CANDIDATES
+        if not c.persistent
+    ]
+    us, config = min(timed, key=lambda t: (t[0] != t[0], t[0]))
+    return _result("floor", s, us, 100 * 2 * s.state_bytes() / (us * 1e3) / copy_gbs, config)
 
 
 def _time_or_nan(step: Step, rotations: int, what: str) -> float:
@@ -235,6 +261,18 @@ def render_markdown(doc: dict) -> str:
         bw = " | ".join(_pct(k, n) for n in decode)
         ratios = " | ".join(_ratio(k, n, "ours") for n in decode[1:])
         lines.append(f"| {dtype} | {hv} | {batch} | {us} | {bw} | {ratios} |")
+    lines += [
+        "",
+        "| state | HV | B | ours µs | floor µs | ours / floor | 2x vLLM µs | 2x vLLM / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dtype, hv, batch), k in sorted(by.items()):
+        if "floor" in k:
+            floor, half_vllm = k["floor"]["us"], k["vllm"]["us"] / 2 if "vllm" in k else math.nan
+            lines.append(
+                f"| {dtype} | {hv} | {batch} | {_us(k, 'ours')} | {floor:.2f} "
+                f"| {k['ours']['us'] / floor:.2f} | {half_vllm:.2f} | {half_vllm / floor:.2f} |"
+            )
     lines += [
         "",
         "| state | HV | B | ours fused µs | vLLM layer µs | vLLM 3 kernels µs "

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from gdn_serve.kernels.launch import LaunchConfig
+from gdn_serve.kernels.probes import state_roundtrip
 from gdn_serve.kernels.reference import FusedLayerParams, HeadDims
 from gdn_serve.kernels.triton_decode import gdn_decode
 from gdn_serve.kernels.triton_fused import FusedWorkspace, gdn_fused_decode
@@ -66,7 +67,10 @@ class Problem:
         self.pool = pool_buffer.view(shape.state_dtype)[:numel].view(slots, d.hv, d.v, d.k)
         self.pool.normal_(0, 0.05)
         perm = torch.randperm(rotations * b, device=dev, dtype=torch.int32) + 1
-        self.indices = perm.view(rotations, b)
+        # each rotation's row starts 32-byte aligned, as FlashInfer's kernels require
+        rows = torch.zeros(rotations, -(-b // 8) * 8, device=dev, dtype=torch.int32)
+        rows[:, :b] = perm.view(rotations, b)
+        self.indices = rows[:, :b]
         self.qkvz = torch.randn(b, shape.conv_dim + d.hv * d.v, device=dev, dtype=bf16)
         self.mixed_qkv, z = self.qkvz.split([shape.conv_dim, d.hv * d.v], dim=-1)
         self.z = z.view(b, d.hv, d.v)
@@ -103,6 +107,10 @@ class Problem:
             self.mixed_qkv, self.a, self.b, self.z, self.conv_state, self.pool, self.indices[r],
             self.out_norm, self.params, workspace=self.workspace, config=config,
         )  # fmt: skip
+
+    def floor(self, config: LaunchConfig) -> Step:
+        """The probe: this step's state traffic with no decode math (see `probes`)."""
+        return lambda r: state_roundtrip(self.pool, self.indices[r], 1.0, config)
 
     def vllm(self, vllm: SimpleNamespace) -> Step:
         return lambda r: vllm.packed_decode(*self.decode_args(r))

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 
 from gdn_serve.kernels.bench_problem import Problem
+from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
     bound_excess,
     gdn_decode_reference,
@@ -30,19 +31,20 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
 
 
-def check_decode(p: Problem, vllm: SimpleNamespace | None) -> dict:
+def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:
     """Rows 1 and 3 are null slots (0 and -1): zeros out, state untouched."""
     idx = p.indices[0].clone()
     idx[1], idx[3] = 0, -1
     q = p.params
     common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
     ours_pool, ours_out = p.pool.clone(), torch.empty_like(p.out)
-    gdn_decode(*common, ours_pool, ours_out, idx, True, validate=True)
+    gdn_decode(*common, ours_pool, ours_out, idx, True, validate=True, config=config)
     ref_pool, ref_out = p.pool.double(), p.out.double()
     ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
     gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
     result = {
         "check": "decode",
+        "config": list(vars(config).values()),
         "dtype": str(p.shape.state_dtype),
         "out_excess": bound_excess(ours_out, ref_out, HALF_BF16_STEP, 1e-5),
         "state_excess": bound_excess(ours_pool, ref_pool, _state_rel(p.shape.state_dtype), 1e-6),
@@ -57,19 +59,20 @@ def check_decode(p: Problem, vllm: SimpleNamespace | None) -> dict:
     return result
 
 
-def check_fused(p: Problem, vllm: SimpleNamespace | None) -> dict:
+def check_fused(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:
     """Row 1 is a null slot (vLLM's conv kernel knows only 0 as null)."""
     idx = p.indices[0].clone()
     idx[1] = 0
     acts = (p.mixed_qkv, p.a, p.b, p.z)
     conv, pool, out = p.conv_state.clone(), p.pool.clone(), torch.empty_like(p.out_norm)
-    gdn_fused_decode(*acts, conv, pool, idx, out, p.params, validate=True)
+    gdn_fused_decode(*acts, conv, pool, idx, out, p.params, validate=True, config=config)
     ref_conv, ref_pool, ref_out = p.conv_state.double(), p.pool.double(), p.out_norm.double()
     x64, a64, b64, z64 = (t.double() for t in acts)
     ref_params = p.params.to(torch.float64)
     gdn_fused_decode_reference(x64, a64, b64, z64, ref_conv, ref_pool, idx, ref_out, ref_params)
     result = {
         "check": "fused",
+        "config": list(vars(config).values()),
         "dtype": str(p.shape.state_dtype),
         "out_excess": bound_excess(out, ref_out, HALF_BF16_STEP, 1e-5),
         "state_excess": bound_excess(pool, ref_pool, _state_rel(p.shape.state_dtype), 1e-6),

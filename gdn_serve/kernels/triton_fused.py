@@ -29,7 +29,7 @@ import triton.language as tl
 
 from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup
 from gdn_serve.kernels.reference import FusedLayerParams, HeadDims, active_rows
-from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, normalize_qk
+from gdn_serve.kernels.triton_math import delta_rule_step, gate_params
 
 
 @triton.jit
@@ -113,21 +113,27 @@ def _head_inputs(x_row, conv_w, conv_b, a_row, b_row, A_log, dt_bias, z_row, nor
 
 
 @triton.jit
+def _load_head(h_base, i_hv, o_v, K: tl.constexpr, V: tl.constexpr):
+    """Issue the load of one value head's block of state rows; returns (where, value)."""
+    p_h = h_base + i_hv * V * K + o_v[:, None] * K + tl.arange(0, K)[None, :]
+    return p_h, tl.load(p_h).to(tl.float32)
+
+
+@triton.jit
 def _head_step(
-    h_base, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k, p_out, p_part, i_hv, o_v,
-    eps, stride_cs_dim, stride_cs_tok, K: tl.constexpr, V: tl.constexpr, NV: tl.constexpr,
+    p_h, h, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k, p_out, p_part, o_v,
+    eps, scale, stride_cs_dim, stride_cs_tok, V: tl.constexpr, NV: tl.constexpr,
     W: tl.constexpr, WP: tl.constexpr, SILU: tl.constexpr, GATE_SIGMOID: tl.constexpr,
+    L2NORM: tl.constexpr,
 ):  # fmt: skip
-    """One value head's block of V rows: v conv (and its window shift), delta rule, state
-    write-back, then the gated norm (whole head here) or the unnormalised rows (split head)."""
-    o_k = tl.arange(0, K)
-    p_h = h_base + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
-    h = tl.load(p_h).to(tl.float32)
+    """One value head's block of V rows (its state `h` loaded or loading): v conv (and its
+    window shift), delta rule, state write-back, then the gated norm (whole head here) or the
+    unnormalised rows (split head)."""
     p_win, old, nxt = _conv_window(cs_slot, ch_v, stride_cs_dim, stride_cs_tok, W, WP)
     v, win = _conv_step(xv, wv, bv, old, nxt, W, WP, SILU)
     tl.debug_barrier()  # every thread has read the old window before it is overwritten
     _store_window(p_win, win, W, WP)
-    h, o = delta_rule_step(h, q, k, v, decay, beta)
+    h, o = delta_rule_step(h, q, k, v, decay, beta, L2NORM, scale)
     tl.store(p_h, h.to(p_h.dtype.element_ty))
     if NV == 1:
         tl.store(p_out + o_v, _gated_norm(o, zv, nw, eps, V, GATE_SIGMOID).to(
@@ -143,8 +149,9 @@ def _gdn_fused_kernel(
     stride_x, stride_a, stride_b, stride_z_tok, stride_z_head,
     stride_cs_slot, stride_cs_dim, stride_cs_tok, stride_w_dim, stride_slot, stride_idx,
     HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
-    PER_KEY_HEAD: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr,
-    CONV_SILU: tl.constexpr, GATE_SIGMOID: tl.constexpr, L2NORM: tl.constexpr,
+    PER_KEY_HEAD: tl.constexpr, PREFETCH: tl.constexpr, W: tl.constexpr, WP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, CONV_SILU: tl.constexpr, GATE_SIGMOID: tl.constexpr,
+    L2NORM: tl.constexpr,
 ):  # fmt: skip
     NV: tl.constexpr = V // BV
     G: tl.constexpr = HV // HK
@@ -187,12 +194,14 @@ def _gdn_fused_kernel(
             tl.store(p_out, tl.zeros([BV], dtype=tl.float32).to(p_out.dtype.element_ty))
         return
 
+    h_base = state + slot * stride_slot
+    if PREFETCH:  # the state, the long pole, goes out before the q/k conv waits on its windows
+        p_h, h = _load_head(h_base, i_hv0, o_v, K, V)
     cs_slot = conv_state + slot * stride_cs_slot
     p_wq, old_q, nxt_q = _conv_window(cs_slot, ch_q, stride_cs_dim, stride_cs_tok, W, WP)
     p_wk, old_k, nxt_k = _conv_window(cs_slot, ch_k, stride_cs_dim, stride_cs_tok, W, WP)
     q, win_q = _conv_step(xq, wq, bq, old_q, nxt_q, W, WP, CONV_SILU)
     k, win_k = _conv_step(xk, wk, bk, old_k, nxt_k, W, WP, CONV_SILU)
-    q, k = normalize_qk(q, k, L2NORM, scale)
     for j in tl.static_range(HP):
         i_hv = i_hv0 + j
         if HP > 1:
@@ -200,11 +209,17 @@ def _gdn_fused_kernel(
                 x_row, conv_w, conv_b, a_row, b_row, A_log, dt_bias, z_tok + i_hv * stride_z_head,
                 norm_w, i_hv, o_v, stride_w_dim, HK, K, V, W, WP, HAS_BIAS,
             )  # fmt: skip
+        if not PREFETCH:
+            p_h, h = _load_head(h_base, i_hv, o_v, K, V)
+        elif j + 1 < HP:  # the next head's state loads while this one computes
+            p_h_next, h_next = _load_head(h_base, i_hv + 1, o_v, K, V)
         _head_step(
-            state + slot * stride_slot, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k,
-            out + (i_n * HV + i_hv) * V, partial + (i_n * HV + i_hv) * V, i_hv, o_v, eps,
-            stride_cs_dim, stride_cs_tok, K, V, NV, W, WP, CONV_SILU, GATE_SIGMOID,
+            p_h, h, cs_slot, ch_v, xv, wv, bv, decay, beta, zv, nw, q, k,
+            out + (i_n * HV + i_hv) * V, partial + (i_n * HV + i_hv) * V, o_v, eps, scale,
+            stride_cs_dim, stride_cs_tok, V, NV, W, WP, CONV_SILU, GATE_SIGMOID, L2NORM,
         )  # fmt: skip
+        if PREFETCH and j + 1 < HP:
+            p_h, h = p_h_next, h_next
 
     if NV > 1:  # the last arrival normalises the key head's G heads: fetch their z now
         o_g = tl.arange(0, G)[:, None]
@@ -327,7 +342,8 @@ def gdn_fused_decode(
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         params.conv_weight.stride(0), ssm_state.stride(0), indices.stride(0),
         HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v, BV=cfg.block_v,
-        PER_KEY_HEAD=cfg.per_key_head, W=width, WP=triton.next_power_of_2(width),
+        PER_KEY_HEAD=cfg.per_key_head, PREFETCH=cfg.prefetch, W=width,
+        WP=triton.next_power_of_2(width),
         HAS_BIAS=params.conv_bias is not None, CONV_SILU=params.conv_activation is not None,
         GATE_SIGMOID=params.gate_activation == "sigmoid", L2NORM=params.use_qk_l2norm,
         num_warps=cfg.num_warps,

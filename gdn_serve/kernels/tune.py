@@ -17,16 +17,25 @@ from pathlib import Path
 from gdn_serve.kernels.launch import LaunchConfig
 
 # (block_v, num_warps): from many one-warp programs (latency at small batch) to few wide ones
-# (bandwidth at large batch). V = 128, so block_v <= 128.
+# (bandwidth at large batch). V = 128, so block_v <= 128. The 2026-11-21 sweep of 15 such
+# configs on H100 and H200 never picked the ones left out here.
+_ONE_TILE = ((2, 1), (4, 1), (8, 1), (16, 1), (16, 2), (32, 1), (32, 4), (64, 8), (128, 8))
+# Persistent decode grids (block_v, num_warps, programs per SM) for the bandwidth-bound end:
+# enough state in flight per SM (programs x block_v x K x state bytes) to cover DRAM latency.
+_PERSISTENT = ((8, 1, 16), (8, 1, 32), (16, 1, 16), (16, 2, 8), (16, 2, 16), (32, 4, 4),
+               (32, 4, 8))  # fmt: skip
 DECODE_CANDIDATES: tuple[LaunchConfig, ...] = tuple(
-    LaunchConfig(bv, w)
-    for bv, w in (
-        (2, 1), (4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (16, 4), (32, 1),
-        (32, 2), (32, 4), (32, 8), (64, 2), (64, 4), (64, 8), (128, 8),
-    )
-)  # fmt: skip
-# The fused kernel also has the mode with one program per key head (whole V, no arrivals).
-FUSED_CANDIDATES = DECODE_CANDIDATES + tuple(LaunchConfig(128, w, True) for w in (4, 8, 16))
+    LaunchConfig(bv, w) for bv, w in _ONE_TILE
+) + tuple(LaunchConfig(bv, w, persistent=p) for bv, w, p in _PERSISTENT)
+# The fused kernel also prefetches state where registers allow, and has the mode with one
+# program per key head (whole V, no arrivals), with or without the next head in flight.
+_PREFETCHED = ((2, 1), (4, 1), (8, 1), (16, 1), (16, 2), (32, 4))
+FUSED_CANDIDATES = (
+    tuple(LaunchConfig(bv, w) for bv, w in _ONE_TILE)
+    + tuple(LaunchConfig(bv, w, prefetch=True) for bv, w in _PREFETCHED)
+    + tuple(LaunchConfig(128, w, True) for w in (4, 8, 16))
+    + (LaunchConfig(128, 16, True, prefetch=True),)
+)
 CANDIDATES = {"decode": DECODE_CANDIDATES, "fused": FUSED_CANDIDATES}
 
 Record = dict  # one timing: arch, gpu, kernel, dtype, hv, batch, block_v, num_warps, us
@@ -42,11 +51,12 @@ def tune_shape(
 
 
 def _config(rec: Record) -> LaunchConfig:
-    return LaunchConfig(rec["block_v"], rec["num_warps"], rec.get("per_key_head", False))
+    fields = ("per_key_head", "persistent", "prefetch")
+    return LaunchConfig(rec["block_v"], rec["num_warps"], **{f: rec[f] for f in fields if f in rec})
 
 
 def choose(records: Iterable[Record]) -> dict:
-    """TABLE[(arch, kernel, dtype, hv)][batch] = (block_v, num_warps, per_key_head), minimising
+    """TABLE[(arch, kernel, dtype, hv)][batch] = LaunchConfig fields as a tuple, minimising
     the worst slowdown over the GPUs that measured the shape (a failed timing is NaN and never
     wins)."""
     by_shape: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(dict)
@@ -71,16 +81,19 @@ _TABLE_TEMPLATE = '''"""Tuned launch configs; do not edit. Written by
 `python -m gdn_serve.kernels.bench --write-table RUN.json...` from GPU runs made with
 `bench --tune --out RUN.json`.
 
-TABLE[(arch, kernel, state dtype, HV)][batch] = (block_v, num_warps, per_key_head). PROVENANCE
-says where and with what it was measured. An arch without an entry borrows the nearest measured
-arch; DEFAULT is for no table at all.
+TABLE[(arch, kernel, state dtype, HV)][batch] = LaunchConfig fields in order (block_v,
+num_warps, per_key_head, persistent, prefetch). PROVENANCE says where and with what it was
+measured. An arch without an entry borrows the nearest measured arch; DEFAULT is for no table.
 """
 
 PROVENANCE: dict[str, dict[str, str]] = {{
 {provenance}}}
-TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool]]] = {{
+TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool, int, bool]]] = {{
 {table}}}
-DEFAULT: dict[str, tuple[int, int, bool]] = {{"decode": (32, 4, False), "fused": (32, 4, False)}}
+DEFAULT: dict[str, tuple[int, int, bool, int, bool]] = {{
+    "decode": (32, 4, False, 0, False),
+    "fused": (32, 4, False, 0, False),
+}}
 '''
 
 

@@ -27,12 +27,12 @@ def test_choose_minimises_the_worst_slowdown_over_gpus() -> None:
         _record("B", 4, 3.00), _record("B", 8, 2.00),
     ]  # fmt: skip
     table = tune.choose(records)
-    assert table[("sm90", "decode", "float32", 32)][1] == (8, 1, False)
+    assert table[("sm90", "decode", "float32", 32)][1] == (8, 1, False, 0, False)
 
 
 def test_a_failed_timing_never_wins() -> None:
     records = [_record("A", 4, float("nan")), _record("A", 8, 5.0)]
-    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False)
+    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False, 0, False)
 
 
 def test_written_table_round_trips_through_lookup(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gdn_serve.kernels import triton_decode, triton_fused
+from gdn_serve.kernels import probes, triton_decode, triton_fused
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
     HeadDims,
@@ -21,6 +21,15 @@ INDICES = [5, 0, 2, -1]
 STATE_DTYPES = [torch.float32, torch.bfloat16]
 
 
+# One program per tile (V split or whole), and the persistent grid: on the CPU a grid of 3
+# programs (3 per "SM"), so each walks several tiles, null slots and a ragged last round.
+DECODE_MODES = {
+    "split-v": lambda dim: LaunchConfig(16, 4),
+    "whole-v": lambda dim: LaunchConfig(dim, 4),
+    "persistent": lambda dim: LaunchConfig(16, 2, persistent=3),
+}
+
+
 def _state_bound(dtype: torch.dtype) -> float:
     """fp32 state: 1e-5 relative to float64; bf16 state: one rounding on write."""
     return 1e-5 if dtype == torch.float32 else BF16_ULP
@@ -29,13 +38,13 @@ def _state_bound(dtype: torch.dtype) -> float:
 @pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("dim", [64, 128])
-@pytest.mark.parametrize("block_v", [16, 0], ids=["split-v", "whole-v"])
+@pytest.mark.parametrize("mode", list(DECODE_MODES))
 def test_decode_matches_float64_reference(
-    state_dtype: torch.dtype, group: int, dim: int, block_v: int
+    state_dtype: torch.dtype, group: int, dim: int, mode: str
 ) -> None:
     case = make_decode_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
     out, state = case.new_out(torch.bfloat16), case.state.clone()
-    config = LaunchConfig(block_v or dim, num_warps=4)
+    config = DECODE_MODES[mode](dim)
     triton_decode.gdn_decode(*case.args(state, out, True), config=config)
 
     out64, state64 = case.ground_truth(True)
@@ -64,7 +73,12 @@ def test_decode_rejects_repeated_slots_when_validating() -> None:
 
 @pytest.mark.parametrize(
     ("config", "message"),
-    [(LaunchConfig(12, 1), "block_v"), (LaunchConfig(16, 1, per_key_head=True), "per-key-head")],
+    [
+        (LaunchConfig(12, 1), "block_v"),
+        (LaunchConfig(16, 1, per_key_head=True), "per-key-head"),
+        (LaunchConfig(16, 1, prefetch=True), "prefetch"),
+        (LaunchConfig(16, 1, persistent=-1), "persistent"),
+    ],
 )
 def test_decode_rejects_configs_it_cannot_run(config: LaunchConfig, message: str) -> None:
     case = make_decode_case([1], k=16, v=16)
@@ -109,6 +123,8 @@ FUSED_MODES = {
     "split-v": lambda dim: LaunchConfig(16, 4),
     "whole-v": lambda dim: LaunchConfig(dim, 4),
     "per-key-head": lambda dim: LaunchConfig(dim, 4, per_key_head=True),
+    "split-v-prefetch": lambda dim: LaunchConfig(16, 4, prefetch=True),
+    "per-key-head-prefetch": lambda dim: LaunchConfig(dim, 4, per_key_head=True, prefetch=True),
 }
 
 
@@ -153,3 +169,20 @@ def test_fused_rejects_a_workspace_for_other_heads() -> None:
             core.mixed_qkv, core.a, core.b, case.z, case.conv_state.clone(), core.state.clone(),
             core.indices, torch.empty_like(case.z), case.params, workspace=small,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
+def test_state_roundtrip_probe_scales_live_slots_only(state_dtype: torch.dtype) -> None:
+    case = make_decode_case(INDICES, hk=1, group=2, k=32, v=32, state_dtype=state_dtype)
+    state = case.state.clone()
+    probes.state_roundtrip(state, case.indices, 0.5, LaunchConfig(8, 1))
+    expected = case.state.clone()
+    live = case.indices[case.indices > 0].long()
+    expected[live] = (expected[live].float() * 0.5).to(state_dtype)
+    assert torch.equal(state, expected)
+
+
+def test_state_roundtrip_probe_rejects_persistent_grids() -> None:
+    case = make_decode_case([1], k=16, v=16)
+    with pytest.raises(ValueError, match="one program per tile"):
+        probes.state_roundtrip(case.state, case.indices, 1.0, LaunchConfig(8, 1, persistent=2))

@@ -39,9 +39,9 @@ class Backend:
         pypi = rules.REQUIREMENTS[self.name].package
         return {"flashinfer-python": "flashinfer"}.get(pypi, pypi) if pypi else None
 
-    def priority(self, arch: str) -> int:
+    def priority(self, arch: str, state_dtype: str = "float32") -> int:
         """Higher runs first: the arch's measured (or reasoned) order from `rules`."""
-        order = rules.preference_for(arch).order
+        order = rules.preference_for(arch, state_dtype).order
         return len(order) - order.index(self.name) if self.name in order else 0
 
     def verify(

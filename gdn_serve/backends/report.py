@@ -15,12 +15,11 @@ def describe_local_choice(requested: str | None = None) -> str:
     forced = requested or os.environ.get(registry.ENV_BACKEND) or rules.AUTO
     lines = [
         f"device arch: {arch}",
-        f"preference:  {' > '.join(rules.preference_for(arch).order)}"
-        f" ({rules.preference_for(arch).source})",
         f"requested:   {forced} (set {registry.ENV_BACKEND} to force one)",
     ]
     for state_dtype in rules.STATE_DTYPES:
-        lines.append(f"{state_dtype} state:")
+        pref = rules.preference_for(arch, state_dtype)
+        lines.append(f"{state_dtype} state: {' > '.join(pref.order)} ({pref.source})")
         for backend in registry.BACKENDS.values():
             ok, reason = backend.verify(arch, state_dtype, available=available)
             lines.append(f"  {'ok ' if ok else 'no '} {backend.name:<13} {reason}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gdn_serve.backends import measured
+
 KNOWN_BACKENDS: tuple[str, ...] = (
     "triton-fused",
     "triton",
@@ -64,19 +66,14 @@ class ArchPreference:
     source: str  # where the order comes from: a benchmark or an argument
 
 
-# The order per arch, best first, from docs/benchmarks.md (same run, same GPU, Qwen3.5 shapes).
-# sm90 (H100 and H200): our decode kernel is faster than vLLM's or within 1% of it at every
-# shape (0.99x to 2.06x; B = 1..1024, HV = 8..32, fp32 and bf16 state). The fused layer kernel is
-# 1.0-2.1x faster per layer than vLLM's launches at B <= 32 but 0.7-1.03x at B >= 256, so it is
-# not the default for a serving batch that grows with load. FlashInfer could not be measured in
-# the same run (docs/benchmarks.md says why): vLLM's kernel, measured and pinned, comes first.
-# Archs without a GPU here to measure are marked unmeasured; docs/kernels.md reasons their order.
+# A measured arch orders its backends from `measured.py` (written from the benchmark runs):
+# first those never slower than vLLM's kernel by more than PARITY at any measured shape, by
+# geometric-mean speedup, then the rest by the same. A serving batch moves across shapes with
+# load, so one bad shape outweighs a good average. Archs without a measurement here use the
+# orders below; docs/kernels.md reasons them.
+PARITY = 0.97
 PREFERENCES: dict[str, ArchPreference] = {
     "cpu": ArchPreference(("cpu", "reference"), "CPU: vLLM's C++ op, the torch reference last"),
-    "sm90": ArchPreference(
-        ("triton", "triton-fused", "vllm", "flashinfer", "reference"),
-        "measured on H100 and H200, docs/benchmarks.md",
-    ),
     "sm89": ArchPreference(
         ("triton", "triton-fused", "vllm", "reference"),
         "unmeasured: reasoned from sm89's ~1 TB/s, 128 SMs, 72 MB L2 (docs/kernels.md)",
@@ -130,8 +127,24 @@ def _head_dims_ok(req: Requirement, head_dims: tuple[int, int]) -> bool:
     return all(d > 0 and d & (d - 1) == 0 for d in head_dims)
 
 
-def preference_for(arch: str) -> ArchPreference:
+def measured_preference(arch: str, state_dtype: str) -> ArchPreference | None:
+    """The order `measured.SPEEDUP` gives `arch` for this state dtype (None: not measured)."""
+    speedup = measured.SPEEDUP.get(arch, {}).get(state_dtype)
+    if not speedup:
+        return None
+    ranked = sorted(speedup, key=lambda b: (speedup[b][1] >= PARITY, speedup[b][0]), reverse=True)
+    summary = ", ".join(f"{b} {speedup[b][0]:.2f}x (worst {speedup[b][1]:.2f}x)" for b in ranked)
+    return ArchPreference(
+        (*ranked, *(b for b in ("reference",) if b not in ranked)),
+        f"measured on {measured.SOURCE[arch]}: vs vLLM {summary}",
+    )
+
+
+def preference_for(arch: str, state_dtype: str = "float32") -> ArchPreference:
     """The backend order for an arch: measured where we measured, reasoned otherwise."""
+    measured_order = measured_preference(arch, state_dtype)
+    if measured_order is not None:
+        return measured_order
     if arch in PREFERENCES:
         return PREFERENCES[arch]
     return PREFERENCES["cpu"] if arch_sm(arch) is None else _UNLISTED_GPU
@@ -156,7 +169,7 @@ def resolve_backend(
     arch_sm(arch)
     if requested != AUTO:
         return _resolve_forced(arch, requested, state_dtype, available, head_dims)
-    pref = preference_for(arch)
+    pref = preference_for(arch, state_dtype)
     skipped: list[str] = []
     for name in pref.order:
         ok, why = check_backend(
@@ -164,7 +177,9 @@ def resolve_backend(
         )
         if ok:
             tail = f"; skipped {', '.join(skipped)}" if skipped else ""
-            return Resolution(AUTO, name, f"best for {arch} ({pref.source}){tail}")
+            return Resolution(
+                AUTO, name, f"best for {arch}, {state_dtype} state ({pref.source}){tail}"
+            )
         skipped.append(f"{name} ({why})")
     raise ValueError(f"no GDN backend can run on {arch}: {'; '.join(skipped)}")
 

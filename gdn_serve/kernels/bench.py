@@ -9,7 +9,7 @@ Also runs as a plain script on a GPU machine (`python -m gdn_serve.kernels.bench
      sequence, with the device copy bandwidth of the run.
 Results go to a JSON document (--out) and a markdown summary on stdout. CPU-side steps:
 --extract-vllm pulls vLLM's kernels out of the pinned wheel; --write-table turns run documents
-into launch_table.py; --report prints a run document's tables.
+into launch_table.py and backends/measured.py; --report prints a run document's tables.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 import triton
 
-from gdn_serve.kernels import gpu_checks, timing, tune
+from gdn_serve.kernels import gpu_checks, summary, timing, tune
 from gdn_serve.kernels.baselines import extract_vllm, load_fla, load_flashinfer, load_vllm
 from gdn_serve.kernels.bench_problem import Problem, Shape, Step
 from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, lookup
@@ -38,6 +38,7 @@ BATCHES = (1, 8, 32, 128, 256, 512, 1024)
 FLOOR_MAX_BATCH = 32  # where latency, not bandwidth, sets the time: the floor probe runs there
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TABLE_PATH = Path(__file__).with_name("launch_table.py")
+MEASURED_PATH = Path(__file__).parents[1] / "backends" / "measured.py"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         extract_vllm(args.extract_vllm, args.vllm_src)
         return 0
     if args.write_table:
-        tune.write_table([json.loads(p.read_text()) for p in args.write_table], TABLE_PATH)
+        runs = [json.loads(p.read_text()) for p in args.write_table]
+        tune.write_table(runs, TABLE_PATH)
+        summary.write_measured(runs, MEASURED_PATH)
+        subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(MEASURED_PATH)],
+                       check=False)  # fmt: skip
         return 0
     if args.report:
         print("\n\n".join(render_markdown(json.loads(p.read_text())) for p in args.report))
@@ -222,7 +227,6 @@ def _floor(problem: Problem, copy_gbs: float) -> dict:
     timed = [
         (_time_or_nan(problem.floor(c), problem.rotations, f"floor {c} at {s}"), c)
         for c in tune.DECODE_CANDIDATES
-        if not c.persistent
     ]
     us, config = min(timed, key=lambda t: (t[0] != t[0], t[0]))
     return _result("floor", s, us, 100 * 2 * s.state_bytes() / (us * 1e3) / copy_gbs, config)

@@ -8,7 +8,6 @@ arch's table.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -24,9 +23,6 @@ class LaunchConfig:
     # fused kernel only: one program per (sequence, key head) looping over its value heads
     # with whole V (block_v == V), so that nothing crosses programs
     per_key_head: bool = False
-    # decode kernel only: a persistent grid of this many programs per multiprocessor, each
-    # walking tiles with the next tile's loads in flight (0: one program per tile)
-    persistent: int = 0
     # fused kernel only: issue the state load before the q/k conv (one head per program), or
     # the next head's before this one computes (per key head); costs registers
     prefetch: bool = False
@@ -36,11 +32,6 @@ class LaunchConfig:
             raise ValueError(f"block_v={self.block_v} must be a power of two dividing V={v}")
         if self.per_key_head and self.block_v != v:
             raise ValueError(f"per_key_head needs block_v == V ({v}), got {self.block_v}")
-        if self.persistent < 0 or (self.persistent and (self.per_key_head or self.prefetch)):
-            raise ValueError(
-                f"persistent={self.persistent}: a count of programs per SM, and not with the "
-                "fused kernel's per_key_head or prefetch"
-            )
 
 
 def device_arch(device: torch.device) -> str:
@@ -49,21 +40,6 @@ def device_arch(device: torch.device) -> str:
         return "cpu"
     major, minor = torch.cuda.get_device_capability(device)
     return f"sm{major}{minor}"
-
-
-@functools.cache
-def _multiprocessors(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def multiprocessors(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device; 1 for the CPU (Triton's interpreter), so that a
-    persistent grid there is small and its programs loop."""
-    if device.type != "cuda":
-        return 1
-    return _multiprocessors(
-        device.index if device.index is not None else torch.cuda.current_device()
-    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:

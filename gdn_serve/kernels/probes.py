@@ -45,8 +45,8 @@ def state_roundtrip(
         raise ValueError("indices must be contiguous")
     hv, v, k = state.shape[1:]
     config.check(v)
-    if config.persistent or config.per_key_head:
-        raise ValueError("the probe runs one program per tile only")
+    if config.per_key_head or config.prefetch:
+        raise ValueError("the probe has only the decode kernel's grid (no fused-kernel modes)")
     programs = indices.shape[0] * hv * (v // config.block_v)
     if programs:
         _state_roundtrip_kernel[(programs,)](

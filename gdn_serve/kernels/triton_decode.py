@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup, multiprocessors
+from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup
 from gdn_serve.kernels.reference import HeadDims, active_rows
 from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, load_qk
 
@@ -75,77 +75,6 @@ def _gdn_decode_kernel(
     h, o = delta_rule_step(h, q, k, v, decay, beta, L2NORM, scale)
     tl.store(p_out, o.to(p_out.dtype.element_ty))
     tl.store(p_h, h.to(p_h.dtype.element_ty))
-
-
-@triton.jit
-def _tile_inputs(
-    t, n_tiles, mixed_qkv, a, b, A_log, dt_bias, state, stride_x, stride_a, stride_b,
-    stride_slot, slot, HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BV: tl.constexpr,
-):  # fmt: skip
-    """Issue every load of tile t (one (sequence, head, V block)) whose slot is known; nothing
-    waits here, the values are first used one loop iteration later. Tiles past the end and
-    null slots load nothing (masked)."""
-    NV: tl.constexpr = V // BV
-    valid = t < n_tiles
-    i_nh = t // NV
-    i_n = tl.where(valid, i_nh // HV, 0)
-    i_hv = i_nh % HV
-    o_v = (t % NV) * BV + tl.arange(0, BV)
-    o_k = tl.arange(0, K)
-    live = valid & (slot > 0)
-    # the row mask of a live tile (tl.where: Triton's interpreter rejects scalar & tensor)
-    rows = tl.where(live, o_v[:, None] < V, False)
-    p_h = state + slot * stride_slot + i_hv * V * K + o_v[:, None] * K + o_k[None, :]
-    h = tl.load(p_h, mask=rows, other=0.0).to(tl.float32)
-    row = mixed_qkv + i_n * stride_x
-    q, k = load_qk(row, i_hv // (HV // HK), HK, K)
-    v = tl.load(row + 2 * HK * K + i_hv * V + o_v).to(tl.float32)
-    decay, beta = gate_params(a + i_n * stride_a, b + i_n * stride_b, A_log, dt_bias, i_hv)
-    return live, rows, i_nh, o_v, p_h, h, q, k, v, decay, beta
-
-
-@triton.jit
-def _gdn_decode_persistent_kernel(
-    mixed_qkv, a, b, A_log, dt_bias, out, state, indices, scale, n_tiles,
-    stride_x, stride_a, stride_b, stride_slot, stride_idx,
-    HK: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
-    L2NORM: tl.constexpr,
-):  # fmt: skip
-    """The same step as `_gdn_decode_kernel`, for large batch: a fixed grid of programs walks
-    the tiles (t = pid, pid + grid, ...) and loads tile t + grid while it computes and stores
-    tile t, with the slot index two tiles ahead. No program ever waits for a slot index and
-    then for its state with nothing in flight, which is the bubble a one-tile-per-program
-    kernel pays at the start of every program."""
-    NV: tl.constexpr = V // BV
-    grid = tl.num_programs(0)
-    t = tl.program_id(0)
-    slot = tl.load(indices + (t // NV // HV) * stride_idx, mask=t < n_tiles, other=0)
-    slot_next = tl.load(
-        indices + ((t + grid) // NV // HV) * stride_idx, mask=t + grid < n_tiles, other=0
-    )
-    live, rows, i_nh, o_v, p_h, h, q, k, v, decay, beta = _tile_inputs(
-        t, n_tiles, mixed_qkv, a, b, A_log, dt_bias, state, stride_x, stride_a, stride_b,
-        stride_slot, slot.to(tl.int64), HK, HV, K, V, BV,
-    )  # fmt: skip
-    while t < n_tiles:
-        t_next = t + grid
-        # next tile's loads go out first; the one after gets its slot index
-        slot_after = tl.load(
-            indices + ((t_next + grid) // NV // HV) * stride_idx,
-            mask=t_next + grid < n_tiles, other=0,
-        )  # fmt: skip
-        n_live, n_rows, n_nh, n_ov, n_ph, n_h, n_q, n_k, n_v, n_decay, n_beta = _tile_inputs(
-            t_next, n_tiles, mixed_qkv, a, b, A_log, dt_bias, state, stride_x, stride_a,
-            stride_b, stride_slot, slot_next.to(tl.int64), HK, HV, K, V, BV,
-        )  # fmt: skip
-        h, o = delta_rule_step(h, q, k, v, decay, beta, L2NORM, scale)
-        p_out = out + i_nh * V + o_v
-        tl.store(p_out, tl.where(live, o, 0.0).to(p_out.dtype.element_ty))
-        tl.store(p_h, h.to(p_h.dtype.element_ty), mask=rows)
-        t, slot_next = t_next, slot_after
-        live, rows, i_nh, o_v, p_h = n_live, n_rows, n_nh, n_ov, n_ph
-        h, q, k, v, decay, beta = n_h, n_q, n_k, n_v, n_decay, n_beta
 
 
 def check_decode_args(
@@ -207,19 +136,10 @@ def gdn_decode(
         raise ValueError("per-key-head and prefetch are the fused kernel's modes, not decode's")
     if batch == 0:
         return out, initial_state
-    tiles = batch * dims.hv * (dims.v // cfg.block_v)
-    strides = (
+    _gdn_decode_kernel[(batch * dims.hv * (dims.v // cfg.block_v),)](
+        mixed_qkv, a, b, A_log, dt_bias, out, initial_state, ssm_state_indices, scale,
         mixed_qkv.stride(0), a.stride(0), b.stride(0), initial_state.stride(0),
-        ssm_state_indices.stride(0),
+        ssm_state_indices.stride(0), HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v,
+        BV=cfg.block_v, L2NORM=use_qk_l2norm_in_kernel, num_warps=cfg.num_warps,
     )  # fmt: skip
-    meta = dict(
-        HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v, BV=cfg.block_v,
-        L2NORM=use_qk_l2norm_in_kernel, num_warps=cfg.num_warps,
-    )  # fmt: skip
-    tensors = (mixed_qkv, a, b, A_log, dt_bias, out, initial_state, ssm_state_indices, scale)
-    if cfg.persistent:
-        grid = min(tiles, cfg.persistent * multiprocessors(mixed_qkv.device))
-        _gdn_decode_persistent_kernel[(grid,)](*tensors, tiles, *strides, **meta)
-    else:
-        _gdn_decode_kernel[(tiles,)](*tensors, *strides, **meta)
     return out, initial_state

@@ -20,13 +20,7 @@ from gdn_serve.kernels.launch import LaunchConfig
 # (bandwidth at large batch). V = 128, so block_v <= 128. The 2026-11-21 sweep of 15 such
 # configs on H100 and H200 never picked the ones left out here.
 _ONE_TILE = ((2, 1), (4, 1), (8, 1), (16, 1), (16, 2), (32, 1), (32, 4), (64, 8), (128, 8))
-# Persistent decode grids (block_v, num_warps, programs per SM) for the bandwidth-bound end:
-# enough state in flight per SM (programs x block_v x K x state bytes) to cover DRAM latency.
-_PERSISTENT = ((8, 1, 16), (8, 1, 32), (16, 1, 16), (16, 2, 8), (16, 2, 16), (32, 4, 4),
-               (32, 4, 8))  # fmt: skip
-DECODE_CANDIDATES: tuple[LaunchConfig, ...] = tuple(
-    LaunchConfig(bv, w) for bv, w in _ONE_TILE
-) + tuple(LaunchConfig(bv, w, persistent=p) for bv, w, p in _PERSISTENT)
+DECODE_CANDIDATES: tuple[LaunchConfig, ...] = tuple(LaunchConfig(bv, w) for bv, w in _ONE_TILE)
 # The fused kernel also prefetches state where registers allow, and has the mode with one
 # program per key head (whole V, no arrivals), with or without the next head in flight.
 _PREFETCHED = ((2, 1), (4, 1), (8, 1), (16, 1), (16, 2), (32, 4))
@@ -51,8 +45,15 @@ def tune_shape(
 
 
 def _config(rec: Record) -> LaunchConfig:
-    fields = ("per_key_head", "persistent", "prefetch")
-    return LaunchConfig(rec["block_v"], rec["num_warps"], **{f: rec[f] for f in fields if f in rec})
+    return LaunchConfig(
+        rec["block_v"], rec["num_warps"], rec.get("per_key_head", False), rec.get("prefetch", False)
+    )
+
+
+def _current(rec: Record) -> bool:
+    """False for a record of a launch mode the kernels no longer have (a run document keeps
+    what was measured; 2026-11-22's runs also timed a persistent decode grid, since removed)."""
+    return not rec.get("persistent")
 
 
 def choose(records: Iterable[Record]) -> dict:
@@ -60,7 +61,7 @@ def choose(records: Iterable[Record]) -> dict:
     the worst slowdown over the GPUs that measured the shape (a failed timing is NaN and never
     wins)."""
     by_shape: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(dict)
-    for rec in records:
+    for rec in filter(_current, records):
         key = (rec["arch"], rec["kernel"], rec["dtype"], rec["hv"], rec["batch"])
         config = tuple(asdict(_config(rec)).values())
         by_shape[key].setdefault(config, {})[rec["gpu"]] = rec["us"]
@@ -82,17 +83,17 @@ _TABLE_TEMPLATE = '''"""Tuned launch configs; do not edit. Written by
 `bench --tune --out RUN.json`.
 
 TABLE[(arch, kernel, state dtype, HV)][batch] = LaunchConfig fields in order (block_v,
-num_warps, per_key_head, persistent, prefetch). PROVENANCE says where and with what it was
+num_warps, per_key_head, prefetch). PROVENANCE says where and with what it was
 measured. An arch without an entry borrows the nearest measured arch; DEFAULT is for no table.
 """
 
 PROVENANCE: dict[str, dict[str, str]] = {{
 {provenance}}}
-TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool, int, bool]]] = {{
+TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool, bool]]] = {{
 {table}}}
-DEFAULT: dict[str, tuple[int, int, bool, int, bool]] = {{
-    "decode": (32, 4, False, 0, False),
-    "fused": (32, 4, False, 0, False),
+DEFAULT: dict[str, tuple[int, int, bool, bool]] = {{
+    "decode": (32, 4, False, False),
+    "fused": (32, 4, False, False),
 }}
 '''
 

@@ -109,3 +109,30 @@ def test_rules_import_neither_torch_triton_nor_vllm() -> None:
         "heavy = {'torch', 'triton', 'vllm'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_measured_arch_is_ordered_by_its_worst_shape_then_its_mean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "fast-on-average" wins on the mean but loses 10 % at one shape: it goes after vLLM's
+    speedup = {
+        "triton": (1.2, 0.99, 4),
+        "triton-fused": (1.5, 0.90, 4),
+        "vllm": (1.0, 1.0, 4),
+        "flashinfer": (1.1, 0.98, 4),
+    }
+    monkeypatch.setattr(rules.measured, "SPEEDUP", {"sm90": {"bfloat16": speedup}})
+    monkeypatch.setattr(rules.measured, "SOURCE", {"sm90": "GPU X 2026-11-22"})
+    pref = rules.preference_for("sm90", "bfloat16")
+    assert pref.order == ("triton", "flashinfer", "vllm", "triton-fused", "reference")
+    assert "GPU X" in pref.source and "triton-fused 1.50x (worst 0.90x)" in pref.source
+    # the other state dtype was not measured: the generic GPU order applies
+    assert "unmeasured" in rules.preference_for("sm90", "float32").source
+
+
+def test_sm90_order_comes_from_the_committed_measurements() -> None:
+    for state_dtype in rules.STATE_DTYPES:
+        pref = rules.preference_for("sm90", state_dtype)
+        assert set(rules.measured.SPEEDUP["sm90"][state_dtype]) <= set(pref.order)
+        assert rules.measured.SOURCE["sm90"] in pref.source
+        assert resolve_backend("sm90", state_dtype=state_dtype).active == pref.order[0]

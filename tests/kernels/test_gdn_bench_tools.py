@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdn_serve.kernels import launch, launch_table, tune
+from gdn_serve.kernels import launch, launch_table, summary, tune
 from gdn_serve.kernels.baselines import VLLM_FILES, extract_vllm
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.timing import rotations_for
@@ -27,12 +27,12 @@ def test_choose_minimises_the_worst_slowdown_over_gpus() -> None:
         _record("B", 4, 3.00), _record("B", 8, 2.00),
     ]  # fmt: skip
     table = tune.choose(records)
-    assert table[("sm90", "decode", "float32", 32)][1] == (8, 1, False, 0, False)
+    assert table[("sm90", "decode", "float32", 32)][1] == (8, 1, False, False)
 
 
 def test_a_failed_timing_never_wins() -> None:
     records = [_record("A", 4, float("nan")), _record("A", 8, 5.0)]
-    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False, 0, False)
+    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False, False)
 
 
 def test_written_table_round_trips_through_lookup(
@@ -90,3 +90,31 @@ def test_extract_vllm_refuses_a_wheel_without_the_slot_constants(tmp_path: Path)
 )
 def test_rotations_span_four_l2s(launch_bytes: int, expected: int) -> None:
     assert rotations_for(launch_bytes, l2_bytes=50 << 20) == expected
+
+
+def test_records_of_removed_launch_modes_are_ignored() -> None:
+    # a run document keeps every timing; a persistent-grid record (mode since removed) must not
+    # be read as the one-tile config of the same block size
+    records = [_record("A", 8, 2.0), {**_record("A", 4, 1.0), "persistent": 16}]
+    records.append(_record("A", 4, 3.0))
+    assert tune.choose(records)[("sm90", "decode", "float32", 32)][1] == (8, 1, False, False)
+
+
+def test_speedups_summarise_every_backend_against_vllm() -> None:
+    def result(kernel: str, us: float, batch: int) -> dict:
+        return {"kernel": kernel, "dtype": "float32", "hv": 32, "batch": batch, "us": us}
+
+    run = {
+        "env": {"arch": "sm90", "gpu": "A", "date": "2026-11-22"},
+        "results": [
+            result("vllm", 4.0, 1), result("ours", 2.0, 1), result("flashinfer", float("nan"), 1),
+            result("vllm-layer", 9.0, 1), result("ours-fused-layer", 3.0, 1),
+            result("vllm", 100.0, 1024), result("ours", 125.0, 1024),
+        ],
+    }  # fmt: skip
+    table = summary.speedups([run])["sm90"]["float32"]
+    assert table["triton"] == (1.265, 0.8, 2)  # sqrt(2 x 0.8): the mean, and the worst shape
+    assert table["triton-fused"] == (3.0, 3.0, 1)  # layer against layer
+    assert table["vllm"] == (1.0, 1.0, 2)
+    assert "flashinfer" not in table  # a failed timing (NaN) is no measurement
+    assert summary.sources([run]) == {"sm90": "A 2026-11-22"}

@@ -21,12 +21,9 @@ INDICES = [5, 0, 2, -1]
 STATE_DTYPES = [torch.float32, torch.bfloat16]
 
 
-# One program per tile (V split or whole), and the persistent grid: on the CPU a grid of 3
-# programs (3 per "SM"), so each walks several tiles, null slots and a ragged last round.
 DECODE_MODES = {
     "split-v": lambda dim: LaunchConfig(16, 4),
     "whole-v": lambda dim: LaunchConfig(dim, 4),
-    "persistent": lambda dim: LaunchConfig(16, 2, persistent=3),
 }
 
 
@@ -75,9 +72,8 @@ def test_decode_rejects_repeated_slots_when_validating() -> None:
     ("config", "message"),
     [
         (LaunchConfig(12, 1), "block_v"),
-        (LaunchConfig(16, 1, per_key_head=True), "per-key-head"),
-        (LaunchConfig(16, 1, prefetch=True), "prefetch"),
-        (LaunchConfig(16, 1, persistent=-1), "persistent"),
+        (LaunchConfig(16, 1, per_key_head=True), "fused kernel's modes"),
+        (LaunchConfig(16, 1, prefetch=True), "fused kernel's modes"),
     ],
 )
 def test_decode_rejects_configs_it_cannot_run(config: LaunchConfig, message: str) -> None:
@@ -182,7 +178,7 @@ def test_state_roundtrip_probe_scales_live_slots_only(state_dtype: torch.dtype) 
     assert torch.equal(state, expected)
 
 
-def test_state_roundtrip_probe_rejects_persistent_grids() -> None:
+def test_state_roundtrip_probe_rejects_fused_kernel_modes() -> None:
     case = make_decode_case([1], k=16, v=16)
-    with pytest.raises(ValueError, match="one program per tile"):
-        probes.state_roundtrip(case.state, case.indices, 1.0, LaunchConfig(8, 1, persistent=2))
+    with pytest.raises(ValueError, match="no fused-kernel modes"):
+        probes.state_roundtrip(case.state, case.indices, 1.0, LaunchConfig(8, 1, prefetch=True))

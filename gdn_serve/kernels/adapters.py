@@ -42,7 +42,10 @@ def flashinfer_decode(
 
     FlashInfer marks padding with -1, not with vLLM's null slot 0, and its bf16-state path
     leaves padded outputs undefined: map the indices and zero those rows (two small extra
-    launches that the contract costs)."""
+    launches that the contract costs). One difference remains: for a null row the bf16-state
+    path reads and writes slot 0, vLLM's null block, which vLLM never reads as a sequence's
+    state; the fp32 path leaves it untouched. Checked on an H100 against the float64
+    reference (`gpu_checks.check_flashinfer_adapter`, run by every benchmark)."""
     from flashinfer.gdn_decode import gated_delta_rule_decode_pretranspose
 
     dims = HeadDims.infer(mixed_qkv.shape[-1], initial_state)

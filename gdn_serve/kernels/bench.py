@@ -152,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
                 check(problem, vllm if i == 0 else None, c)
                 for i, c in enumerate(tune.CANDIDATES[kernel])
             ]
+        if baselines.flashinfer is not None:
+            doc["checks"].append(gpu_checks.check_flashinfer_adapter(problem))
     ok = all(gpu_checks.passed(c) for c in doc["checks"])
     print(json.dumps([c for c in doc["checks"] if not gpu_checks.passed(c)] or "all checks passed",
                      indent=1), flush=True)  # fmt: skip

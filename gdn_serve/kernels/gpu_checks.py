@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
+from gdn_serve.kernels.adapters import flashinfer_decode
 from gdn_serve.kernels.bench_problem import Problem
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
@@ -57,6 +58,30 @@ def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig)
         result |= {"vs_vllm_out": _rel_diff(ours_out, v_out), "vs_vllm_state": _rel_diff(
             ours_pool, v_pool)}  # fmt: skip
     return result
+
+
+def check_flashinfer_adapter(p: Problem) -> dict:
+    """The `flashinfer` backend (our adapter around FlashInfer's kernel) on the decode contract,
+    null slots included. FlashInfer's bf16 path reads and writes slot 0 for a null row (vLLM's
+    null block, scratch to vLLM), so 'slot0_untouched' is reported, not required."""
+    idx = p.indices[0].clone()
+    idx[1], idx[3] = 0, -1
+    q = p.params
+    common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
+    pool, out = p.pool.clone(), torch.empty_like(p.out)
+    flashinfer_decode(*common, pool, out, idx, True)
+    ref_pool, ref_out = p.pool.double(), p.out.double()
+    ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
+    gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
+    live = idx > 0
+    return {
+        "check": "flashinfer-adapter",
+        "dtype": str(p.shape.state_dtype),
+        "out_excess": bound_excess(out, ref_out, HALF_BF16_STEP, 1e-5),
+        "state_excess": bound_excess(pool[1:], ref_pool[1:], _state_rel(p.shape.state_dtype), 1e-6),
+        "null_rows_zero": bool(torch.all(out[~live] == 0)),
+        "slot0_untouched": int(torch.equal(pool[0], p.pool[0])),  # int: reported, not required
+    }
 
 
 def check_fused(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:

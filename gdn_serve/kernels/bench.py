@@ -36,6 +36,7 @@ from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, look
 HVS = (32, 16, 8)  # value heads per GPU at TP = 1, 2, 4
 BATCHES = (1, 8, 32, 128, 256, 512, 1024)
 FLOOR_MAX_BATCH = 32  # where latency, not bandwidth, sets the time: the floor probe runs there
+BANDWIDTH_BOUND_HEADS = 4096  # B * HV from which the bar asks for a share of copy bandwidth
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TABLE_PATH = Path(__file__).with_name("launch_table.py")
 MEASURED_PATH = Path(__file__).parents[1] / "backends" / "measured.py"
@@ -212,7 +213,9 @@ def _bench_shape(
                                configs["fused" if "fused" in name else "decode"]
                                if name.startswith("ours") else None))  # fmt: skip
     if s.batch <= FLOOR_MAX_BATCH:
-        results.append(_floor(problem, copy_gbs))
+        results.append(_floor(problem, copy_gbs, in_place=True))
+    if s.batch * s.hv >= BANDWIDTH_BOUND_HEADS:
+        results += [_floor(problem, copy_gbs, in_place=p) for p in (True, False)]
     return results
 
 
@@ -223,15 +226,22 @@ def _result(name: str, s: Shape, us: float, pct: float, config: LaunchConfig | N
     }  # fmt: skip
 
 
-def _floor(problem: Problem, copy_gbs: float) -> dict:
-    """The fastest the state traffic alone runs, over every one-tile grid the tuner tries."""
+def _floor(problem: Problem, copy_gbs: float, *, in_place: bool) -> dict:
+    """The fastest the state traffic alone runs, over every one-tile grid the tuner tries:
+    in place ("floor") or into another pool ("floor-copy")."""
     s = problem.shape
+    name = "floor" if in_place else "floor-copy"
     timed = [
-        (_time_or_nan(problem.floor(c), problem.rotations, f"floor {c} at {s}"), c)
+        (
+            _time_or_nan(
+                problem.floor(c, in_place=in_place), problem.rotations, f"{name} {c} at {s}"
+            ),
+            c,
+        )
         for c in tune.DECODE_CANDIDATES
     ]
     us, config = min(timed, key=lambda t: (t[0] != t[0], t[0]))
-    return _result("floor", s, us, 100 * 2 * s.state_bytes() / (us * 1e3) / copy_gbs, config)
+    return _result(name, s, us, 100 * 2 * s.state_bytes() / (us * 1e3) / copy_gbs, config)
 
 
 def _time_or_nan(step: Step, rotations: int, what: str) -> float:
@@ -273,12 +283,23 @@ def render_markdown(doc: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (dtype, hv, batch), k in sorted(by.items()):
-        if "floor" in k:
+        if "floor" in k and batch <= FLOOR_MAX_BATCH:
             floor, half_vllm = k["floor"]["us"], k["vllm"]["us"] / 2 if "vllm" in k else math.nan
             lines.append(
                 f"| {dtype} | {hv} | {batch} | {_us(k, 'ours')} | {floor:.2f} "
                 f"| {k['ours']['us'] / floor:.2f} | {half_vllm:.2f} | {half_vllm / floor:.2f} |"
             )
+    lines += [
+        "",
+        "| state | HV | B | ours %BW | floor in place %BW | floor to another pool %BW |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {dtype} | {hv} | {batch} | {_pct(k, 'ours')} | {_pct(k, 'floor')} "
+        f"| {_pct(k, 'floor-copy')} |"
+        for (dtype, hv, batch), k in sorted(by.items())
+        if "floor-copy" in k
+    ]
     lines += [
         "",
         "| state | HV | B | ours fused µs | vLLM layer µs | vLLM 3 kernels µs "

@@ -108,9 +108,11 @@ class Problem:
             self.out_norm, self.params, workspace=self.workspace, config=config,
         )  # fmt: skip
 
-    def floor(self, config: LaunchConfig) -> Step:
-        """The probe: this step's state traffic with no decode math (see `probes`)."""
-        return lambda r: state_roundtrip(self.pool, self.indices[r], 1.0, config)
+    def floor(self, config: LaunchConfig, *, in_place: bool = True) -> Step:
+        """The probe: this step's state traffic with no decode math (see `probes`), in place or
+        into a second pool of the same shape."""
+        out = self.pool if in_place else torch.empty_like(self.pool)
+        return lambda r: state_roundtrip(self.pool, self.indices[r], 1.0, config, out)
 
     def vllm(self, vllm: SimpleNamespace) -> Step:
         return lambda r: vllm.packed_decode(*self.decode_args(r))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from gdn_serve.kernels import launch, launch_table, summary, tune
+from gdn_serve.kernels import bench, launch, launch_table, summary, tune
 from gdn_serve.kernels.baselines import VLLM_FILES, extract_vllm
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.timing import rotations_for
@@ -118,3 +119,30 @@ def test_speedups_summarise_every_backend_against_vllm() -> None:
     assert table["vllm"] == (1.0, 1.0, 2)
     assert "flashinfer" not in table  # a failed timing (NaN) is no measurement
     assert summary.sources([run]) == {"sm90": "A 2026-11-22"}
+
+
+RUNS = Path(__file__).parents[2] / "docs" / "gpu-runs"
+
+
+def test_report_renders_a_committed_run_with_its_floor_table() -> None:
+    doc = json.loads((RUNS / "2026-11-22-h100-float32.json").read_text())
+    text = bench.render_markdown(doc)
+    assert text.startswith("NVIDIA H100 80GB HBM3 (sm90, 132 SMs")
+    by = {(r["kernel"], r["hv"], r["batch"]): r["us"] for r in doc["results"]}
+    ours, floor, vllm = by[("ours", 32, 8)], by[("floor", 32, 8)], by[("vllm", 32, 8)]
+    row = (
+        f"| float32 | 32 | 8 | {ours:.2f} | {floor:.2f} | {ours / floor:.2f} "
+        f"| {vllm / 2:.2f} | {vllm / 2 / floor:.2f} |"
+    )
+    assert row in text.splitlines()
+
+
+def test_report_renders_the_large_batch_floors() -> None:
+    doc = json.loads((RUNS / "2026-11-22-h200-floors.json").read_text())
+    pct = {(r["kernel"], r["dtype"], r["hv"], r["batch"]): r["pct_copy_bw"] for r in doc["results"]}
+    row = (
+        f"| float32 | 32 | 1024 | {pct[('ours', 'float32', 32, 1024)]:.1f} "
+        f"| {pct[('floor', 'float32', 32, 1024)]:.1f} "
+        f"| {pct[('floor-copy', 'float32', 32, 1024)]:.1f} |"
+    )
+    assert row in bench.render_markdown(doc).splitlines()

@@ -5,7 +5,9 @@ SPEEDUP[arch][state dtype][backend] = (geometric mean, worst, shapes measured) o
 over the backend's; `backends.rules` orders the backends of a measured arch by it.
 """
 
-SOURCE: dict[str, str] = {"sm90": "NVIDIA H100 80GB HBM3 2026-11-22, NVIDIA H200 2026-11-22"}
+SOURCE: dict[str, str] = {
+    "sm90": "NVIDIA H100 80GB HBM3 2026-11-22, NVIDIA H200 2026-11-22",
+}
 SPEEDUP: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {
     "sm90": {
         "bfloat16": {
@@ -20,5 +22,5 @@ SPEEDUP: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {
             "triton-fused": (1.22, 0.96, 42),
             "vllm": (1.0, 1.0, 42),
         },
-    }
+    },
 }

@@ -68,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         runs = [json.loads(p.read_text()) for p in args.write_table]
         tune.write_table(runs, TABLE_PATH)
         summary.write_measured(runs, MEASURED_PATH)
-        subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(MEASURED_PATH)],
-                       check=False)  # fmt: skip
         return 0
     if args.report:
         print("\n\n".join(render_markdown(json.loads(p.read_text())) for p in args.report))

@@ -8,6 +8,7 @@ views into it) and one `ba` row (`b`, `a` are views).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -108,10 +109,15 @@ class Problem:
             self.out_norm, self.params, workspace=self.workspace, config=config,
         )  # fmt: skip
 
+    @functools.cached_property
+    def second_pool(self) -> torch.Tensor:
+        """A pool shaped like `pool`, allocated once, for the probe's out-of-place variant."""
+        return torch.empty_like(self.pool)
+
     def floor(self, config: LaunchConfig, *, in_place: bool = True) -> Step:
         """The probe: this step's state traffic with no decode math (see `probes`), in place or
         into a second pool of the same shape."""
-        out = self.pool if in_place else torch.empty_like(self.pool)
+        out = self.pool if in_place else self.second_pool
         return lambda r: state_roundtrip(self.pool, self.indices[r], 1.0, config, out)
 
     def vllm(self, vllm: SimpleNamespace) -> Step:

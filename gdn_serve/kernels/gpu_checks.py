@@ -4,6 +4,7 @@ on the same inputs (reported, for the record)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -32,17 +33,27 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
 
 
-def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:
-    """Rows 1 and 3 are null slots (0 and -1): zeros out, state untouched."""
+def _decode_with_null_slots(p: Problem, kernel: Callable[..., object], **kwargs: object) -> tuple:
+    """Run a kernel of the decode contract and the float64 reference on the same inputs, with
+    rows 1 and 3 as null slots (0 and -1). Returns (indices, common args, kernel pool, kernel
+    out, reference pool, reference out)."""
     idx = p.indices[0].clone()
     idx[1], idx[3] = 0, -1
     q = p.params
     common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
-    ours_pool, ours_out = p.pool.clone(), torch.empty_like(p.out)
-    gdn_decode(*common, ours_pool, ours_out, idx, True, validate=True, config=config)
+    pool, out = p.pool.clone(), torch.empty_like(p.out)
+    kernel(*common, pool, out, idx, True, **kwargs)
     ref_pool, ref_out = p.pool.double(), p.out.double()
     ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
     gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
+    return idx, common, pool, out, ref_pool, ref_out
+
+
+def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:
+    """Null rows: zeros out, state untouched."""
+    idx, common, ours_pool, ours_out, ref_pool, ref_out = _decode_with_null_slots(
+        p, gdn_decode, validate=True, config=config
+    )
     result = {
         "check": "decode",
         "config": list(vars(config).values()),
@@ -64,22 +75,13 @@ def check_flashinfer_adapter(p: Problem) -> dict:
     """The `flashinfer` backend (our adapter around FlashInfer's kernel) on the decode contract,
     null slots included. FlashInfer's bf16 path reads and writes slot 0 for a null row (vLLM's
     null block, scratch to vLLM), so 'slot0_untouched' is reported, not required."""
-    idx = p.indices[0].clone()
-    idx[1], idx[3] = 0, -1
-    q = p.params
-    common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
-    pool, out = p.pool.clone(), torch.empty_like(p.out)
-    flashinfer_decode(*common, pool, out, idx, True)
-    ref_pool, ref_out = p.pool.double(), p.out.double()
-    ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
-    gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
-    live = idx > 0
+    idx, _, pool, out, ref_pool, ref_out = _decode_with_null_slots(p, flashinfer_decode)
     return {
         "check": "flashinfer-adapter",
         "dtype": str(p.shape.state_dtype),
         "out_excess": bound_excess(out, ref_out, HALF_BF16_STEP, 1e-5),
         "state_excess": bound_excess(pool[1:], ref_pool[1:], _state_rel(p.shape.state_dtype), 1e-6),
-        "null_rows_zero": bool(torch.all(out[~live] == 0)),
+        "null_rows_zero": bool(torch.all(out[idx <= 0] == 0)),
         "slot0_untouched": int(torch.equal(pool[0], p.pool[0])),  # int: reported, not required
     }
 

@@ -13,6 +13,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from gdn_serve.kernels.literal import python_literal
+
 # backend -> (its result in a run document, the vLLM result it is compared with)
 COMPARED = {
     "triton": ("ours", "vllm"),
@@ -64,4 +66,8 @@ SPEEDUP: dict[str, dict[str, dict[str, tuple[float, float, int]]]] = {speedup}
 
 
 def write_measured(runs: list[dict], path: Path) -> None:
-    path.write_text(_TEMPLATE.format(source=repr(sources(runs)), speedup=repr(speedups(runs))))
+    path.write_text(
+        _TEMPLATE.format(
+            source=python_literal(sources(runs)), speedup=python_literal(speedups(runs))
+        )
+    )

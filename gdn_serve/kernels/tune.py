@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gdn_serve.kernels.launch import LaunchConfig
+from gdn_serve.kernels.literal import python_literal
 
 # (block_v, num_warps): from many one-warp programs (latency at small batch) to few wide ones
 # (bandwidth at large batch). V = 128, so block_v <= 128. The 2026-11-21 sweep of 15 such
@@ -87,25 +88,10 @@ num_warps, per_key_head, prefetch). PROVENANCE says where and with what it was
 measured. An arch without an entry borrows the nearest measured arch; DEFAULT is for no table.
 """
 
-PROVENANCE: dict[str, dict[str, str]] = {{
-{provenance}}}
-TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool, bool]]] = {{
-{table}}}
-DEFAULT: dict[str, tuple[int, int, bool, bool]] = {{
-    "decode": (32, 4, False, False),
-    "fused": (32, 4, False, False),
-}}
+PROVENANCE: dict[str, dict[str, str]] = {provenance}
+TABLE: dict[tuple[str, str, str, int], dict[int, tuple[int, int, bool, bool]]] = {table}
+DEFAULT: dict[str, tuple[int, int, bool, bool]] = {default}
 '''
-
-
-def _nested_lines(outer: dict, inner_key: Callable[[object], str]) -> str:
-    """'    key: {\\n        k: v,\\n    },' lines: short enough for any line-length rule."""
-    lines = []
-    for key, inner in outer.items():
-        lines.append(f"    {key!r}: {{")
-        lines += [f"        {inner_key(k)}: {v!r}," for k, v in inner.items()]
-        lines.append("    },")
-    return "\n".join(lines).replace("'", '"') + "\n"
 
 
 def _worst(timing: dict[str, float], best: dict[str, float], gpus: set[str]) -> float:
@@ -122,8 +108,10 @@ def write_table(runs: list[dict], path: Path) -> None:
         }
         for run in runs
     }
+    default = {kernel: tuple(asdict(LaunchConfig(32, 4)).values()) for kernel in CANDIDATES}
     text = _TABLE_TEMPLATE.format(
-        provenance=_nested_lines(provenance, repr),
-        table=_nested_lines(choose(records), str),
+        provenance=python_literal(provenance),
+        table=python_literal(choose(records)),
+        default=python_literal(default),
     )
     path.write_text(text)

@@ -1,16 +1,20 @@
-"""The CPU side of the benchmark: tuning merge, table lookup, vLLM extraction, slot rotation."""
+"""The CPU side of the benchmark: tuning merge, table lookup, generated modules, vLLM extraction,
+slot rotation, the report, and the GPU checks run through the interpreter."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from gdn_serve.kernels import bench, launch, launch_table, summary, tune
+from gdn_serve.kernels import bench, gpu_checks, launch, launch_table, summary, tune
 from gdn_serve.kernels.baselines import VLLM_FILES, extract_vllm
+from gdn_serve.kernels.bench_problem import Problem, Shape
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.timing import rotations_for
 
@@ -122,6 +126,7 @@ def test_speedups_summarise_every_backend_against_vllm() -> None:
 
 
 RUNS = Path(__file__).parents[2] / "docs" / "gpu-runs"
+DTYPE_NAMES = ("float32", "bfloat16")
 
 
 def test_report_renders_a_committed_run_with_its_floor_table() -> None:
@@ -146,3 +151,26 @@ def test_report_renders_the_large_batch_floors() -> None:
         f"| {pct[('floor-copy', 'float32', 32, 1024)]:.1f} |"
     )
     assert row in bench.render_markdown(doc).splitlines()
+
+
+def test_generated_modules_are_ruff_formatted_as_written(tmp_path: Path) -> None:
+    runs = [json.loads((RUNS / f"2026-11-22-h200-{d}.json").read_text()) for d in DTYPE_NAMES]
+    table, measured = tmp_path / "launch_table.py", tmp_path / "measured.py"
+    tune.write_table(runs, table)
+    summary.write_measured(runs, measured)
+    check = [sys.executable, "-m", "ruff", "format", "--check", "--diff", str(table), str(measured)]
+    assert subprocess.run(check, capture_output=True, text=True).returncode == 0
+    namespace: dict = {}
+    exec(compile(measured.read_text(), str(measured), "exec"), namespace)
+    assert namespace["SPEEDUP"] == summary.speedups(runs)
+
+
+def test_gpu_checks_run_through_the_interpreter() -> None:
+    # the checks the benchmark runs before timing, here on CPU tensors: same null-slot inputs
+    # for kernel and float64 reference (the output bound is the GPU's half bf16 step, which the
+    # interpreter's truncation can exceed, so only the state and slot semantics are asserted)
+    problem = Problem(Shape(8, 4, torch.float32), 2, torch.empty(64 << 20, dtype=torch.uint8))
+    for check in (gpu_checks.check_decode, gpu_checks.check_fused):
+        result = check(problem, None, LaunchConfig(128, 4))
+        assert result["state_excess"] <= 0 and result["null_rows_zero"], result
+    assert problem.indices[1].data_ptr() % 32 == 0  # rows aligned for FlashInfer

@@ -26,7 +26,9 @@ def check(authorization: str | None, expected: str | None) -> tuple[int, str] | 
     if not expected:
         return 500, "the server's API key is not configured; refusing to serve without it"
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    # bytes: compare_digest refuses str with non-ASCII characters, which a header can carry
+    given, wanted = token.strip().encode(), expected.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, wanted):
         return 401, "missing or invalid API key (expected 'Authorization: Bearer <key>')"
     return None
 

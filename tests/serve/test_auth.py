@@ -41,6 +41,12 @@ def test_a_missing_or_wrong_key_is_an_openai_401(client: TestClient, header: str
     assert error["type"] == "authentication_error" and "API key" in error["message"]
 
 
+def test_a_key_with_non_ascii_characters_is_a_401_not_a_crash() -> None:
+    # headers arrive decoded as latin-1, so any byte can show up in the token
+    refusal = check("Bearer s3cr\u00e9t", "s3cret")
+    assert refusal is not None and refusal[0] == 401
+
+
 def test_paths_outside_the_api_stay_open(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
 

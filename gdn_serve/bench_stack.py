@@ -26,8 +26,8 @@ import httpx
 import msgspec
 
 from gdn_serve import paths
-from gdn_serve.serve.local import DEFAULT_SERVED_NAME, LocalOptions, app_config, free_port
-from gdn_serve.servers import ServerProcess
+from gdn_serve.serve.local import DEFAULT_SERVED_NAME, LocalOptions, app_config
+from gdn_serve.servers import ServerProcess, free_port, gdn_serve_run
 
 SYSTEMS = ("vllm", "stack")
 
@@ -162,25 +162,14 @@ def prompt_ids(model_source: str, count: int) -> list[int]:
 
 def server_for(system: str, model: str, args: argparse.Namespace, logs: Path) -> ServerProcess:
     """The server command of one system, both with the same engine arguments."""
+    if system == "stack":
+        server, _ = gdn_serve_run(
+            logs / "stack.log", "--model", model, "--served-model-name", DEFAULT_SERVED_NAME,
+            "--max-model-len", str(args.max_model_len),
+        )  # fmt: skip
+        return server
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/v1"
-    if system == "stack":
-        argv = [
-            str(Path(sys.executable).with_name("gdn-serve")),
-            "run",
-            "--model",
-            model,
-            "--served-model-name",
-            DEFAULT_SERVED_NAME,
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(free_port()),
-            "--max-model-len",
-            str(args.max_model_len),
-            "--quiet",
-        ]
-        return ServerProcess(argv, api_url, logs / "stack.log")
     engine = app_config(LocalOptions(max_model_len=args.max_model_len), model).engine_kwargs
     argv = [
         sys.executable,

@@ -6,10 +6,11 @@ The child runs in a session of its own so that everything it starts can be found
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from gdn_serve.serve import loopback
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((loopback.LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_until_serving(
@@ -53,9 +63,7 @@ class Listener:
 
     @property
     def is_loopback(self) -> bool:
-        address = ipaddress.ip_address(self.ip)
-        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
-        return bool((mapped or address).is_loopback)
+        return loopback.is_loopback(self.ip)
 
 
 class ServerProcess:
@@ -142,3 +150,19 @@ class ServerProcess:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def gdn_serve_run(
+    log_path: Path, *args: str, env: Mapping[str, str | None] | None = None
+) -> tuple[ServerProcess, str]:
+    """`gdn-serve run <args>` as a child on free loopback ports, Ray's worker logs kept out of
+    its output (not started yet), and the stack's metrics URL."""
+    port, metrics_port = free_port(), free_port()
+    argv = [
+        str(Path(sys.executable).with_name("gdn-serve")), "run", "--port", str(port),
+        "--metrics-port", str(metrics_port), "--quiet", *args,
+    ]  # fmt: skip
+    api_url = f"http://{loopback.LOOPBACK}:{port}/v1"
+    return ServerProcess(argv, api_url, log_path, env), (
+        f"http://{loopback.LOOPBACK}:{metrics_port}/metrics"
+    )

@@ -8,12 +8,10 @@ that outlived them, and removes the run's socket files.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import shutil
 import signal
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from gdn_serve import paths
 from gdn_serve.serve import loopback
 from gdn_serve.serve.config import AppConfig, ArchDeployment, arch_resource
+from gdn_serve.servers import free_port
 
 APP_NAME = "gdn-serve"
 DEFAULT_SERVED_NAME = "tiny-qwen35"
@@ -47,19 +46,12 @@ class LocalOptions:
     quiet: bool = False  # keep Ray workers' logs out of this terminal (they stay in .cache/ray)
 
     def validate(self) -> None:
-        if not is_loopback(self.host):
+        if not loopback.is_loopback(self.host):
             raise ValueError(f"--host {self.host!r}: the local stack listens on loopback only")
         if self.replicas < 1 or self.max_model_len < 1 or self.kv_cache_gib <= 0:
             raise ValueError("replicas, max model length and KV cache size must be positive")
         if len(set(self.simulated_archs)) != len(self.simulated_archs):
             raise ValueError(f"simulated archs must be unique: {self.simulated_archs}")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def served_name(opts: LocalOptions, model_source: str) -> str:
@@ -98,12 +90,6 @@ def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
         engine_kwargs=engine,
         loopback_only=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((loopback.LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def socket_dir(root: Path) -> Path:

@@ -16,6 +16,7 @@ must be reachable from other pods, so only the local runner turns these on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -29,6 +30,19 @@ HAPROXY_WRAPPER = "gdn-serve-haproxy"  # console script running haproxy_main
 _WILDCARD_HOSTS = ("", "*", "0.0.0.0", "[::]", "::")
 # `bind :9101`, `bind *:8404`, `bind 0.0.0.0:80`, `bind [::]:80` (an explicit host stays as is)
 _WILDCARD_BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|\[::\])?:(\d+)", re.MULTILINE)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an IP address or "localhost") is a loopback address; an IPv4 address
+    mapped into IPv6 (::ffff:127.0.0.1) counts as its IPv4 self."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def loopback_binds(haproxy_config: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 from gdn_operator.kube.client import without_hidden_retries
 from kubernetes import client
+
+from gdn_serve.servers import free_port
 
 ADMIN_TOKEN = "envtest-admin-token"  # group system:masters
 
@@ -36,18 +37,12 @@ def assets_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ControlPlane:
     def __init__(self, workdir: Path) -> None:
         self.assets = Path(os.environ["KUBEBUILDER_ASSETS"])
         self.workdir = workdir
-        self.etcd_port = _free_port()
-        self.port = _free_port()
+        self.etcd_port = free_port()
+        self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self._processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 

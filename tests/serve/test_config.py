@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from gdn_serve.serve.config import AppConfig, ArchDeployment, ConfigError, arch_resource
-from gdn_serve.serve.local import LocalOptions, app_config, is_loopback, socket_dir
+from gdn_serve.serve.local import LocalOptions, app_config, socket_dir
+from gdn_serve.serve.loopback import is_loopback
 
 
 def _config(**overrides: object) -> AppConfig:
@@ -61,7 +62,10 @@ def test_local_app_is_one_cpu_deployment_in_bf16_on_loopback() -> None:
         ("127.0.0.2", True),
         ("::1", True),
         ("localhost", True),
+        ("::ffff:127.0.0.1", True),
         ("0.0.0.0", False),
+        ("::", False),
+        ("example.org", False),
         ("192.168.1.4", False),
     ],
 )

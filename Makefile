@@ -39,6 +39,9 @@ $(STAMP): $(LOCK) pyproject.toml gdn_serve/compat/torchvision_cpu.py
 	$(PIP) install --quiet --no-deps -r $(LOCK)
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m gdn_serve.compat.torchvision_cpu --install
+	@# a reinstall re-maps the editable packages; mypy's cache of the old mapping then reports
+	@# modules without their attributes (seen: "gdn_operator has no attribute crd")
+	rm -rf $(CACHE)/mypy
 	touch $@
 
 run: $(STAMP)

@@ -8,9 +8,7 @@ One stack serves the whole module (it takes about a minute to start); the last t
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +20,11 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gdn_serve import paths
+from gdn_serve.decode_route import DEFAULT_SAMPLE_EVERY
 from gdn_serve.serve.local import LocalOptions, app_config
-from gdn_serve.servers import ServerProcess, child_environment
+from gdn_serve.servers import ServerProcess
 from gdn_serve.tiny_model import ensure_tiny_model
-from tests.conftest import child_env
-from tests.e2e.stack_process import local_stack, scrape
+from tests.e2e.stack_process import local_stack, scrape, start_vllm_greedy, vllm_greedy_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -49,7 +47,8 @@ class Stack:
 
 
 def _plain_vllm_reference(model: Path, workdir: Path) -> subprocess.Popen[bytes]:
-    """Start the reference run; it works while the stack starts (both take ~a minute)."""
+    """Start the reference run: vLLM without our plugin (so its own GDN decode kernel). It
+    works while the stack starts (both take ~a minute)."""
     engine = dict(app_config(LocalOptions(), str(model)).engine_kwargs)
     engine.update(max_model_len=MAX_MODEL_LEN, enforce_eager=True)
     request = {
@@ -59,16 +58,7 @@ def _plain_vllm_reference(model: Path, workdir: Path) -> subprocess.Popen[bytes]
         "prompts": PROMPTS,
         "chats": CHATS,
     }
-    (workdir / "request.json").write_text(json.dumps(request))
-    script = Path(__file__).with_name("plain_vllm_greedy.py")
-    with (workdir / "reference.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, str(script), "request.json", "result.json"],
-            cwd=workdir,
-            env=child_environment(child_env()),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return start_vllm_greedy(workdir, "reference", request, {"VLLM_PLUGINS": ""})
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server, metrics_url = local_stack(workdir, "--max-model-len", str(MAX_MODEL_LEN))
     try:
         server.start(timeout_s=600)
-        assert reference.wait(timeout=600) == 0, (workdir / "reference.log").read_text()[-3000:]
+        result = vllm_greedy_result(workdir, "reference", reference)
         yield Stack(
             server=server,
             client=openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0),
             model="tiny-qwen35",
             metrics_url=metrics_url,
-            reference=json.loads((workdir / "result.json").read_text()),
+            reference=result,
         )
     finally:
         reference.kill()
@@ -253,6 +243,37 @@ def test_metrics_count_requests_and_tokens(stack: Stack) -> None:
             break
         time.sleep(2)
     assert [name for name in wanted if totals.get(name, 0) <= 0] == [], sorted(totals)
+
+
+def test_decode_latency_is_exported_per_backend(stack: Stack) -> None:
+    """The vLLM workers route GDN decode through the registry's pick for CPU (`cpu`) and time
+    one call in DEFAULT_SAMPLE_EVERY per layer; Ray exports that beside vLLM's metrics."""
+    out = stack.client.completions.create(
+        model=stack.model, prompt="count", max_tokens=DEFAULT_SAMPLE_EVERY + 1, temperature=0
+    )
+    assert out.usage is not None and out.usage.completion_tokens == DEFAULT_SAMPLE_EVERY + 1
+    deadline = time.monotonic() + 60  # Ray exports metrics on an interval
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    while time.monotonic() < deadline:
+        found = {}
+        for s in scrape(stack.metrics_url):
+            if s.name.startswith("ray_gdn_serve_"):
+                found.setdefault(s.name, []).append((s.labels, s.value))
+        if found.get("ray_gdn_serve_decode_seconds_count"):
+            break
+        time.sleep(2)
+    decodes = found.get("ray_gdn_serve_decode_seconds_count", [])
+    assert decodes and all(labels["backend"] == "cpu" for labels, _ in decodes), found
+    assert sum(value for _, value in decodes) > 0
+    assert all(labels["model"] == stack.model for labels, _ in decodes)
+    # Info gauges set once at start-up: still exported minutes later (Ray drops stale gauges).
+    infos = found.get("ray_gdn_serve_backend_info", [])
+    assert infos, sorted(found)
+    plugin = found.get("ray_gdn_serve_vllm_plugin_info", [])
+    assert plugin and all(labels["supported"] == "true" and v == 1 for labels, v in plugin)
+    assert {(labels["backend"], labels["requested"], value) for labels, value in infos} == {
+        ("cpu", "auto", 1)
+    }
 
 
 def test_every_listener_is_on_loopback(stack: Stack) -> None:

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 
 from gdn_serve import metrics
-from gdn_serve.backends import registry
+from gdn_serve.backends import registry, rules
 
 ENV_SAMPLE_EVERY = "GDN_SERVE_DECODE_SAMPLE_EVERY"
-# One call in 64 per layer: a timed CUDA call costs two event records (~2 µs of host time)
-# and one histogram update, which stays far below 1 % of a decode step at that rate.
+# One call in 64 per layer: a timed call adds two CUDA event records (host clock reads on CPU)
+# and one histogram update; at this rate that cost is spread over 64 calls. Not yet measured
+# inside a GPU engine.
 DEFAULT_SAMPLE_EVERY = 64
 
 # The fused kernel replaces conv + core + gated RMSNorm. vLLM's layer applies its norm inside
@@ -71,7 +73,7 @@ class DecodeTimer:
     on_seconds: Callable[[float], None]
     cuda: bool
     calls: int = 0
-    _pending: list[tuple[Any, Any]] = field(default_factory=list)
+    _pending: deque[tuple[Any, Any]] = field(default_factory=deque)
 
     def run(self, call: Callable[[], object]) -> None:
         self.calls += 1
@@ -94,7 +96,7 @@ class DecodeTimer:
 
     def _collect(self) -> None:
         while self._pending and self._pending[0][1].query():
-            start, end = self._pending.pop(0)
+            start, end = self._pending.popleft()
             self.on_seconds(start.elapsed_time(end) / 1e3)
 
 
@@ -128,8 +130,18 @@ class DecodeRoute:
 
 
 @functools.cache
-def _choose(arch: str, state_dtype: str, head_dims: tuple[int, int], model: str) -> str:
-    """The backend for every layer of this shape in this process; published once."""
+def _choose(arch: str, state_dtype: str, head_dims: tuple[int, int], model: str) -> str | None:
+    """The backend for every layer of this shape in this process (None: vLLM's own path);
+    published once."""
+    if state_dtype not in rules.STATE_DTYPES and registry.requested_backend() == rules.AUTO:
+        # vLLM also offers a float16 state; none of our kernels is built for it. A forced
+        # backend gets the verifier's error from select_backend instead.
+        logger.warning("GDN decode stays on vLLM's path: state dtype %s", state_dtype)
+        metrics.record(
+            metrics.FALLBACKS, 1, chosen=rules.AUTO, backend="vllm-path", arch=arch, model=model,
+            reason=f"state dtype {state_dtype}",
+        )  # fmt: skip
+        return None
     resolution = registry.select_backend(state_dtype=state_dtype, head_dims=head_dims, arch=arch)
     backend, substituted = layer_backend(resolution.active)
     if substituted:
@@ -156,13 +168,14 @@ def build_route(
     head_dims: tuple[int, int],
     model: str,
     arch: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> DecodeRoute:
+) -> DecodeRoute | None:
     """Resolve the backend for this machine (GDN_SERVE_BACKEND may force one: a forced backend
-    that cannot run here raises ValueError saying why), load it, and publish the choice."""
-    env = os.environ if env is None else env
+    that cannot run here raises ValueError saying why), load it, and publish the choice.
+    None: no backend of ours takes this state dtype, the layer keeps vLLM's path."""
     where = arch or registry.local_arch()
     backend = _choose(where, state_dtype, head_dims, model)
+    if backend is None:
+        return None
 
     def on_seconds(seconds: float) -> None:
         metrics.record(metrics.DECODE_SECONDS, seconds, backend=backend, arch=where, model=model)
@@ -171,5 +184,5 @@ def build_route(
         backend=backend,
         kernel=registry.BACKENDS[backend].load(),
         transpose_pool=transposes_pool(where, backend),
-        timer=DecodeTimer(sample_every(env), on_seconds, cuda=where != "cpu"),
+        timer=DecodeTimer(sample_every(os.environ), on_seconds, cuda=where != "cpu"),
     )

@@ -12,17 +12,12 @@ Imports vLLM: only the plugin imports this module.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, cast
 
 import torch
 from vllm.model_executor.layers.mamba.gdn import qwen_gdn_linear_attn as vllm_gdn
 
-from gdn_serve import metrics
-from gdn_serve.backends import registry, rules
 from gdn_serve.decode_route import DecodeRoute, build_route
-
-logger = logging.getLogger("vllm.plugins.gdn_serve")
 
 
 def is_plain_decode(attn_metadata: Any) -> bool:
@@ -46,24 +41,11 @@ class RoutedGatedDeltaNet(vllm_gdn.QwenGatedDeltaNetAttention):
 
     def __init__(self, config: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, vllm_config, *args, **kwargs)
-        state_dtype = str(self.get_state_dtype()[1]).removeprefix("torch.")
-        model = _served_name(vllm_config)
-        if state_dtype not in rules.STATE_DTYPES:
-            # vLLM also offers a float16 state; none of our kernels is built for it.
-            self.gdn_route = None
-            self._leave_to_vllm(model, f"state dtype {state_dtype}")
-            return
         self.gdn_route = build_route(
-            state_dtype=state_dtype, head_dims=(self.head_k_dim, self.head_v_dim), model=model
+            state_dtype=str(self.get_state_dtype()[1]).removeprefix("torch."),
+            head_dims=(self.head_k_dim, self.head_v_dim),
+            model=_served_name(vllm_config),
         )
-
-    def _leave_to_vllm(self, model: str, reason: str) -> None:
-        arch = registry.local_arch()
-        logger.warning("%s: GDN decode stays on vLLM's path (%s)", self.prefix, reason)
-        metrics.record(
-            metrics.FALLBACKS, 1, chosen="auto", backend="vllm-path", arch=arch, model=model,
-            reason=reason,
-        )  # fmt: skip
 
     # -- GPU: vLLM's packed decode, with our kernel in place of vLLM's --------------------
 

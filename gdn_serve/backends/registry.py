@@ -99,6 +99,11 @@ def available_backends() -> frozenset[str]:
     )
 
 
+def requested_backend(requested: str | None = None) -> str:
+    """`requested` (config) over GDN_SERVE_BACKEND, normalised; 'auto' when neither is set."""
+    return (requested or os.environ.get(ENV_BACKEND) or rules.AUTO).strip().lower()
+
+
 _logged: set[tuple[str, rules.Resolution]] = set()
 
 
@@ -111,11 +116,10 @@ def select_backend(
 ) -> rules.Resolution:
     """Resolve the backend for this machine. `requested` (config) wins over GDN_SERVE_BACKEND;
     both default to 'auto'. A forced backend that cannot run here raises ValueError saying why."""
-    wanted = (requested or os.environ.get(ENV_BACKEND) or rules.AUTO).strip().lower()
     where = arch or local_arch()
     resolution = rules.resolve_backend(
         where,
-        wanted,
+        requested_backend(requested),
         state_dtype=state_dtype,
         available=available_backends(),
         head_dims=head_dims,

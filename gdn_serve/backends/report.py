@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from gdn_serve.backends import registry, rules
 
 
@@ -12,7 +10,7 @@ def describe_local_choice(requested: str | None = None) -> str:
     (or why a forced backend cannot run)."""
     arch = registry.local_arch()
     available = registry.available_backends()
-    forced = requested or os.environ.get(registry.ENV_BACKEND) or rules.AUTO
+    forced = registry.requested_backend(requested)
     lines = [
         f"device arch: {arch}",
         f"requested:   {forced} (set {registry.ENV_BACKEND} to force one)",

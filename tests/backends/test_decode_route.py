@@ -87,7 +87,7 @@ def test_build_route_picks_the_cpu_backend_and_publishes_it(
 ) -> None:
     monkeypatch.delenv(registry.ENV_BACKEND, raising=False)
     route = build_route(state_dtype="float32", head_dims=(32, 32), model="route-auto", arch="cpu")
-    assert route.backend == "cpu" and not route.transpose_pool
+    assert route is not None and route.backend == "cpu" and not route.transpose_pool
     labels = {"backend": "cpu", "requested": "auto", "arch": "cpu", "model": "route-auto"}
     assert (
         REGISTRY.get_sample_value("gdn_serve_backend_info", {**labels, "state_dtype": "float32"})
@@ -106,7 +106,8 @@ def test_a_substituted_backend_is_counted(monkeypatch: pytest.MonkeyPatch) -> No
     route = build_route(
         state_dtype="bfloat16", head_dims=(128, 128), model="route-fused", arch="sm90"
     )
-    assert route.backend == "triton" and route.timer.cuda and not route.transpose_pool
+    assert route is not None and route.backend == "triton"
+    assert route.timer.cuda and not route.transpose_pool
     labels = {
         "chosen": "triton-fused",
         "backend": "triton",
@@ -115,6 +116,27 @@ def test_a_substituted_backend_is_counted(monkeypatch: pytest.MonkeyPatch) -> No
         "reason": "fused-norm-has-no-seam-in-vllm-layer",
     }
     assert REGISTRY.get_sample_value("gdn_serve_backend_fallbacks_total", labels) == 1
+
+
+def test_a_state_dtype_no_backend_takes_stays_on_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's float16 state: auto leaves the layer on vLLM's path and counts it once per
+    process; a forced backend is an error, as for any backend that cannot run."""
+    monkeypatch.delenv(registry.ENV_BACKEND, raising=False)
+    for _ in range(3):  # three layers, one record
+        assert (
+            build_route(state_dtype="float16", head_dims=(32, 32), model="f16", arch="cpu") is None
+        )
+    labels = {
+        "chosen": "auto",
+        "backend": "vllm-path",
+        "arch": "cpu",
+        "model": "f16",
+        "reason": "state dtype float16",
+    }
+    assert REGISTRY.get_sample_value("gdn_serve_backend_fallbacks_total", labels) == 1
+    monkeypatch.setenv(registry.ENV_BACKEND, "cpu")
+    with pytest.raises(ValueError, match="unknown state dtype 'float16'"):
+        build_route(state_dtype="float16", head_dims=(32, 32), model="f16-forced", arch="cpu")
 
 
 def test_metrics_refuse_other_labels() -> None:

@@ -29,12 +29,13 @@ from typing import Any
 
 # The model configs and GPU shapes are the test suite's, so bench and tests describe one cluster.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests/operator"))
-from gdn_operator.inventory import Inventory, build_inventory
-from gdn_operator.manifest import ManifestOptions, build_rayservice
-from gdn_operator.planner import plan_deployment
-from gdn_operator.spec import parse_spec
-from gdn_operator.status import Observed, compute_status
 from operator_testlib import H100, L40S, QWEN35_27B, QWEN35_35B_A3B, RTX4090, TINY
+
+from gdn_operator.api.spec import parse_spec
+from gdn_operator.plan.inventory import Inventory, build_inventory
+from gdn_operator.plan.manifest import ManifestOptions, build_rayservice
+from gdn_operator.plan.planner import plan_deployment
+from gdn_operator.plan.status import Observed, compute_status
 
 A100 = {"arch": "sm80", "product": "NVIDIA-A100-SXM4-80GB", "memory_mib": 81920}
 GPUS = [(RTX4090, 1), (RTX4090, 2), (RTX4090, 8), (L40S, 4), (A100, 8), (H100, 8)]
@@ -75,7 +76,8 @@ def make_cr(i: int, own_selector: bool) -> dict[str, Any]:
             "source": f"org/model-{i}",
             "config": config,
             "quantization": quant,
-            "maxModelLen": 32768,
+            # Never beyond the model's own context: the planner refuses that (vLLM would).
+            "maxModelLen": min(32768, config.get("max_position_embeddings", 32768)),
         },
         "nodeSelector": {"pool": POOLS[i % len(POOLS)]},
     }

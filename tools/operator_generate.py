@@ -1,4 +1,4 @@
-"""Regenerate what is generated from the operator's CRD source (operator/gdn_operator/crd.py):
+"""Regenerate what is generated from the operator's CRD source (operator/gdn_operator/api/crd.py):
 the chart's CRD copy and docs/crd-reference.md. `--check` fails if either is stale.
 
     python tools/operator_generate.py [--check]
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gdn_operator import crd, crd_docs
+from gdn_operator.api import crd, crd_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_CRD = ROOT / "charts/qwen35-stack/crds" / f"{crd.NAME}.yaml"

@@ -14,14 +14,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from gdn_operator.controller import ControllerOptions
-from gdn_operator.endpoints import OperatorHTTPServer
+from gdn_operator.control.controller import ControllerOptions
+from gdn_operator.control.endpoints import OperatorHTTPServer
+from gdn_operator.control.leader import LeaseConfig
+from gdn_operator.control.metrics import OperatorMetrics
+from gdn_operator.control.runner import Operator, OperatorConfig
 from gdn_operator.kube.api import KubeApi
-from gdn_operator.kube.client import load_api_client
-from gdn_operator.leader import LeaseConfig
-from gdn_operator.manifest import RAY_VERSION, ManifestOptions
-from gdn_operator.metrics import OperatorMetrics
-from gdn_operator.runner import Operator, OperatorConfig
+from gdn_operator.kube.client import load_configuration, new_api_client
+from gdn_operator.plan.manifest import RAY_VERSION, ManifestOptions
 
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -49,9 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("GDN_SERVING_IMAGE"),
         help="image for Ray Pods when a deployment sets none (env GDN_SERVING_IMAGE)",
     )
+    p.add_argument(
+        "--serving-cpu-image",
+        default=os.environ.get("GDN_SERVING_CPU_IMAGE"),
+        help="image for the Ray Pods of a deployment that lists arch cpu and sets no image"
+        " (env GDN_SERVING_CPU_IMAGE)",
+    )
     p.add_argument("--ray-version", default=RAY_VERSION)
     p.add_argument("--resync", type=float, default=600.0, help="seconds between full resyncs")
-    p.add_argument("--http-host", default="0.0.0.0")
+    p.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address of /healthz, /readyz, /metrics (default loopback; the chart passes the"
+        " Pod IP so that the kubelet's probes and Prometheus reach it)",
+    )
     p.add_argument("--http-port", type=int, default=8080, help="/healthz, /readyz, /metrics")
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-name", default="gdn-operator")
@@ -88,7 +99,11 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         namespace=args.namespace or None,
         workers=args.workers,
         resync_s=args.resync,
-        manifest=ManifestOptions(default_image=args.serving_image, ray_version=args.ray_version),
+        manifest=ManifestOptions(
+            default_image=args.serving_image,
+            ray_version=args.ray_version,
+            default_cpu_image=args.serving_cpu_image,
+        ),
     )
     return OperatorConfig(identity=identity, controller=controller, lease=lease)
 
@@ -99,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = build_config(args)
-    api_client = load_api_client(args.kubeconfig, args.context)
-    api = KubeApi(api_client)
-    # Lease calls must fail fast: a leader stuck on a slow request could outlive its lease.
-    lease_api = KubeApi(api_client, timeout_s=(2.0, max(1.0, args.renew_deadline / 2)))
+    configuration = load_configuration(args.kubeconfig, args.context)
+    api = KubeApi(new_api_client(configuration))
+    # Lease calls must fail fast: a leader stuck on a slow request could outlive its lease. Its
+    # own client, without urllib3 connect retries; each call is further bounded by what is left
+    # of the renew deadline (LeaderElector).
+    lease_api = KubeApi(
+        new_api_client(configuration, connect_retries=0),
+        timeout_s=(2.0, max(1.0, args.renew_deadline / 2)),
+    )
     registry = CollectorRegistry()
     operator = Operator(api, config, OperatorMetrics(registry), lease_api)
     server = OperatorHTTPServer(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fake_kube_apiserver import FakeApiServer
+from kubernetes import client
+
 from gdn_operator.kube.api import KubeApi
 from gdn_operator.kube.client import without_hidden_retries
-from kubernetes import client
+from tests.operator.fake_kube_apiserver import FakeApiServer
 
 
 @pytest.fixture

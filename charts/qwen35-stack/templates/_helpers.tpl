@@ -18,6 +18,11 @@ app.kubernetes.io/name: {{ include "qwen35.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* One of the project's images: registry/name:tag (values.image; name from images/images.toml). */}}
+{{- define "qwen35.image" -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .name (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- end }}
+
 {{- define "qwen35.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "qwen35.fullname" .) .Values.serviceAccount.name -}}
@@ -42,8 +47,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: [""]
-  resources: ["pods"]
+# Ready replicas: the endpoints of KubeRay's serve Service (no access to Pods, whose specs carry
+# the environment).
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
   verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["events"]

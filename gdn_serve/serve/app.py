@@ -5,13 +5,15 @@
 serveConfigV2); `args` is an `AppConfig` as a dict. With direct streaming enabled in the
 environment (the local single-arch stack), Ray Serve LLM's OpenAI app whose LLM deployment is
 itself the ingress (see `docs/architecture.md`). Otherwise one LLM deployment per arch (one or
-more) behind one OpenAI ingress that balances them by load and checks the API key if any.
+more) behind one OpenAI ingress that balances them by load. Either way the app that answers
+HTTP gets our middlewares: the request checks, and the API key check if a key is configured.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.llm._internal.serve.constants import RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
@@ -20,9 +22,32 @@ from ray.serve import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment, build_openai_app
 from ray.serve.llm.ingress import make_fastapi_ingress
 
+from gdn_serve import envs
+from gdn_serve.contract import AppConfig, ArchDeployment, ConfigError
 from gdn_serve.serve import loopback
 from gdn_serve.serve.auth import ApiKeyMiddleware
-from gdn_serve.serve.config import AppConfig, ArchDeployment, ConfigError
+from gdn_serve.serve.request_checks import RequestChecksMiddleware, validation_error
+
+
+def middlewares(config: AppConfig) -> list[tuple[Any, dict[str, Any]]]:
+    """The ASGI middlewares of the app that answers HTTP and their options, innermost first
+    (Starlette and vLLM wrap each added one around the ones before): the key check outermost,
+    so that a request without the key is refused before its body is read."""
+    chain: list[tuple[Any, dict[str, Any]]] = [(RequestChecksMiddleware, {})]
+    if config.api_key_env:
+        chain.append((ApiKeyMiddleware, {"env_var": config.api_key_env}))
+    return chain
+
+
+def vllm_middleware_paths(config: AppConfig) -> list[str]:
+    """`middlewares` as vLLM's `middleware` frontend option names them: under direct streaming
+    the replica's own vLLM server answers HTTP, and vLLM constructs each with the app alone, so
+    the key check reads its default variable."""
+    if config.api_key_env not in (None, envs.API_KEY.name):
+        raise ConfigError(
+            f"direct streaming reads the API key from {envs.API_KEY.name}, not {config.api_key_env}"
+        )
+    return [f"{cls.__module__}.{cls.__qualname__}" for cls, _ in middlewares(config)]
 
 
 def engine_kwargs(config: AppConfig, arch: ArchDeployment) -> dict[str, Any]:
@@ -59,15 +84,28 @@ def deployment_config(arch: ArchDeployment) -> dict[str, Any]:
     }
 
 
+def placement_group_config(arch: ArchDeployment) -> dict[str, Any] | None:
+    """Every engine worker's bundle asks for the arch's resource, not only the replica actor's:
+    Ray Serve LLM merges the actor into the first bundle, so without this a TP > 1 engine's
+    other GPU workers could be packed onto a node of another arch (PACK is best effort)."""
+    if not arch.ray_resource:
+        return None
+    device = "GPU" if arch.use_gpu else "CPU"
+    return {"bundle_per_worker": {device: 1, arch.ray_resource: 0.001}, "strategy": "PACK"}
+
+
 def runtime_env(config: AppConfig, arch: ArchDeployment) -> dict[str, Any]:
-    env: dict[str, Any] = {"env_vars": {"GDN_SERVE_BACKEND": arch.gdn_backend}}
+    env: dict[str, Any] = {"env_vars": {envs.BACKEND.name: arch.gdn_backend}}
     if config.loopback_only:
         # Takes the place of Ray Serve LLM's own hook, which is a no-op in Ray 2.60.
         env["worker_process_setup_hook"] = loopback.SETUP_HOOK
     return env
 
 
-def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
+def llm_config(
+    config: AppConfig, arch: ArchDeployment, frontend: dict[str, Any] | None = None
+) -> LLMConfig:
+    """`frontend`: vLLM frontend options (its HTTP server's), only where that server answers."""
     return LLMConfig.model_validate(
         {
             "model_loading_config": {
@@ -75,8 +113,9 @@ def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
                 "model_source": config.model_source,
             },
             "accelerator_config": {"kind": "gpu" if arch.use_gpu else "cpu"},
-            "engine_kwargs": engine_kwargs(config, arch),
+            "engine_kwargs": engine_kwargs(config, arch) | (frontend or {}),
             "deployment_config": deployment_config(arch),
+            "placement_group_config": placement_group_config(arch),
             "runtime_env": runtime_env(config, arch),
             "log_engine_metrics": True,
         }
@@ -84,10 +123,11 @@ def llm_config(config: AppConfig, arch: ArchDeployment) -> LLMConfig:
 
 
 def ingress_app(config: AppConfig) -> Any:
-    """Ray Serve LLM's ingress FastAPI app, with the API key check when one is configured."""
+    """Ray Serve LLM's ingress FastAPI app, with our middlewares around it."""
     app = init_ingress_app()
-    if config.api_key_env:
-        app.add_middleware(ApiKeyMiddleware, env_var=config.api_key_env)  # outermost: first
+    app.add_exception_handler(RequestValidationError, validation_error)  # replaces Ray's
+    for cls, options in middlewares(config):
+        app.add_middleware(cls, **options)
     return app
 
 
@@ -107,7 +147,6 @@ def build_balanced_app(config: AppConfig) -> Application:
     return ingress.bind(
         arch_deployments=deployments,
         model_card=to_model_metadata(config.served_model_name, first),
-        capacity={arch.arch: float(arch.max_replicas) for arch in config.archs},
     )
 
 
@@ -116,9 +155,10 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.from_dict(args)
     if not RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING:
         return build_balanced_app(config)
-    if len(config.archs) > 1 or config.api_key_env:
+    if len(config.archs) > 1:
         raise ConfigError(
-            "direct streaming serves one arch without an API key; unset "
-            "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING for several archs or an API key"
+            "direct streaming serves one arch; unset RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING "
+            "for several archs"
         )
-    return build_openai_app({"llm_configs": [llm_config(config, config.archs[0])]})
+    frontend = {"middleware": vllm_middleware_paths(config)}
+    return build_openai_app({"llm_configs": [llm_config(config, config.archs[0], frontend)]})

@@ -1,59 +1,62 @@
-"""API key check for the OpenAI ingress (the key comes from a Kubernetes Secret as an env var).
+"""API key check for the OpenAI API (the key comes from a Kubernetes Secret as an env var).
 
-Ray Serve LLM has no API key support, so the ingress app gets this ASGI middleware: every
-`/v1/...` request must carry `Authorization: Bearer <key>`; others get an OpenAI-style 401. The
-key is read from the environment of the process that serves the request (the ingress replica's
-pod), at request time, so the Secret never passes through the application's config. A replica
-whose environment lacks the key refuses every request rather than serving openly.
+Ray Serve LLM has no API key support, so the API's ASGI app gets this middleware: every route
+but the health probes in `OPEN_PATHS` (API, docs, schema, metrics, WebSockets alike) needs
+`Authorization: Bearer <key>`; others get an OpenAI-style 401. The key is read from the
+environment of the process that serves the request (the replica's pod), at request time, so the
+Secret never passes through the application's config. A replica whose environment lacks the key
+refuses every request rather than serving openly.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from gdn_serve import envs
+from gdn_serve.serve.asgi import ASGIApp, Receive, Refusal, Scope, Send, header, refuse
+
+# Exact paths, open so that Kubernetes probes and load balancers need no key. Ray Serve's own
+# `/-/healthz` and `/-/routes` are answered by its proxy and never reach this app.
+OPEN_PATHS = frozenset({"/health", "/ping"})
 
 
-def check(authorization: str | None, expected: str | None) -> tuple[int, str] | None:
-    """None when the request may pass, else (status, message). Pure."""
-    if not expected:
-        return 500, "the server's API key is not configured; refusing to serve without it"
-    scheme, _, token = (authorization or "").partition(" ")
+def check(authorization: str | None, expected: str | None) -> Refusal | None:
+    """None when the request may pass, else the refusal. Pure.
+
+    Both keys are stripped: a Secret written with `echo` or from a file ends in a newline, and
+    clients strip the token they send."""
+    wanted = (expected or "").strip()
+    if not wanted:
+        message = "the server's API key is not configured; refusing to serve without it"
+        return Refusal(500, message, "server_error")
+    scheme, _, token = (authorization or "").strip().partition(" ")
     # bytes: compare_digest refuses str with non-ASCII characters, which a header can carry
-    given, wanted = token.strip().encode(), expected.encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given, wanted):
-        return 401, "missing or invalid API key (expected 'Authorization: Bearer <key>')"
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), wanted.encode()
+    ):
+        message = "missing or invalid API key (expected 'Authorization: Bearer <key>')"
+        return Refusal(401, message, "authentication_error")
     return None
 
 
+def needs_key(scope: Scope) -> bool:
+    if scope["type"] == "http" and scope["method"] == "OPTIONS":
+        return False  # CORS preflight: browsers send it without credentials; it reads nothing
+    return scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS
+
+
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, env_var: str) -> None:
+    """`env_var` names the variable holding the key; the default is what vLLM's `middleware`
+    option can use (it constructs the class with the app alone)."""
+
+    def __init__(self, app: ASGIApp, env_var: str = envs.API_KEY.name) -> None:
         self.app, self.env_var = app, env_var
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = check(headers.get("authorization"), os.environ.get(self.env_var))
-        if refusal is None:
-            await self.app(scope, receive, send)
-            return
-        status, message = refusal
-        kind = "authentication_error" if status == 401 else "server_error"
-        body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        if needs_key(scope):
+            refusal = check(header(scope, b"authorization"), os.environ.get(self.env_var))
+            if refusal is not None:
+                await refuse(scope, send, refusal)
+                return
+        await self.app(scope, receive, send)

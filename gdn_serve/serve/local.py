@@ -13,13 +13,16 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gdn_serve import paths
+from gdn_serve import envs, paths
+from gdn_serve.contract import AppConfig, ArchDeployment, arch_resource
 from gdn_serve.serve import loopback
-from gdn_serve.serve.config import AppConfig, ArchDeployment, arch_resource
-from gdn_serve.servers import free_port
+from gdn_serve.serve.processes import free_port
 
 APP_NAME = "gdn-serve"
 DEFAULT_SERVED_NAME = "tiny-qwen35"
@@ -75,8 +78,11 @@ def local_archs(opts: LocalOptions) -> tuple[ArchDeployment, ...]:
     )
 
 
-def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
-    """The application: `opts.replicas` vLLM CPU engines per (real or simulated) arch."""
+def app_config(
+    opts: LocalOptions, model_source: str, env: Mapping[str, str] | None = None
+) -> AppConfig:
+    """The application: `opts.replicas` vLLM CPU engines per (real or simulated) arch, behind
+    the API key when `env` (default: this process's environment) holds one."""
     engine = {
         "dtype": "bfloat16",  # vLLM's CPU GDN kernels require bf16
         "enforce_eager": opts.enforce_eager,
@@ -88,6 +94,7 @@ def app_config(opts: LocalOptions, model_source: str) -> AppConfig:
         archs=local_archs(opts),
         max_model_len=opts.max_model_len,
         engine_kwargs=engine,
+        api_key_env=envs.API_KEY.name if envs.API_KEY.get(env) else None,
         loopback_only=True,
     )
 
@@ -119,6 +126,10 @@ def stack_env(root: Path, sockets: Path, direct_streaming: bool = True) -> dict[
             "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
             # Ray runs workers at nice 15; the engine must not lose the CPU to its own clients.
             "RAY_worker_niceness": "0",
+            # Serve's fallback proxy ports are fixed (8500, 9500) and bound with SO_REUSEPORT,
+            # so two stacks on one machine would silently share them: one free port each.
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         }
     )
     return env
@@ -150,14 +161,37 @@ def remove_sockets(*folders: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _interrupt(*_: object) -> None:
+    # From the first signal on the process is on its way out through stop(); a second one
+    # before stop() has begun ignoring them must not abort that way either.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside, the handlers before restored after: a second Ctrl-C
+    during shutdown must not abort the loop that ends the process tree and orphan it. Off the
+    main thread there is nothing to do: Python runs signal handlers on the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def interrupt_on_signals() -> None:
     """Turn SIGINT and SIGTERM into KeyboardInterrupt. SIGINT explicitly too: a process
     started in the background by a non-interactive shell inherits SIGINT ignored."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, _interrupt)
 
 
@@ -212,9 +246,14 @@ class LocalStack:
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Shut everything down; end whatever process of the tree outlived Ray's shutdown."""
+        """Shut everything down; end whatever process of the tree outlived Ray's shutdown.
+        Further SIGINT/SIGTERM are ignored until the tree is gone."""
         if not self._started:
             return
+        with signals_ignored():
+            self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> None:
         import psutil
         import ray
         from ray import serve

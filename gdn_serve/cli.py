@@ -4,6 +4,7 @@ gdn-serve run          serve a model locally (Ray Serve + vLLM on CPU), loopback
 gdn-serve tiny-model   write the embedded default model into the cache folder
 gdn-serve backends     which GDN decode kernel this machine would use, and why
 gdn-serve bench        GDN decode kernel benchmark (GPU)
+gdn-serve bench-engine a CUDA vLLM engine with and without our plugin, per backend (GPU)
 gdn-serve bench-stack  vLLM's own OpenAI server vs this stack, same machine, one run
 """
 
@@ -20,16 +21,6 @@ from typing import Any
 from gdn_serve import paths
 
 
-def resolve_model(model: str | None) -> str:
-    """A local checkpoint path, a hub id (for users with hub access), or the tiny default."""
-    if model is None:
-        from gdn_serve.tiny_model import ensure_tiny_model
-
-        return str(ensure_tiny_model(paths.default_model_dir()))
-    local = Path(model).expanduser()
-    return str(local.resolve()) if local.exists() else model
-
-
 def _offline_if_local(model_source: str) -> None:
     # A local checkpoint needs no hub; without this, libraries still try to reach it.
     if Path(model_source).is_dir():
@@ -37,16 +28,20 @@ def _offline_if_local(model_source: str) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from gdn_serve.tiny_model import TinyModelSpec, write_tiny_model
+    from dataclasses import replace
+
+    from gdn_serve.tiny_model import SHAPES, write_tiny_model
 
     out = Path(args.out) if args.out else paths.default_model_dir()
-    print(write_tiny_model(out, TinyModelSpec(seed=args.seed)))
+    spec = replace(SHAPES[args.shape], seed=args.seed)
+    print(write_tiny_model(out, spec, device=args.device))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gdn_serve.serve.local import LocalOptions, LocalStack, interrupt_on_signals
-    from gdn_serve.servers import wait_until_serving
+    from gdn_serve.serve.processes import wait_until_serving
+    from gdn_serve.tiny_model import resolve_model
 
     paths.apply_cache_env()
     opts = LocalOptions(
@@ -66,30 +61,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     interrupt_on_signals()  # SIGTERM takes the same way out as Ctrl-C: through stack.stop()
     model_source = resolve_model(args.model)
     _offline_if_local(model_source)
+    try:  # before the stack: a missing binary or checkout fails at once
+        prometheus = _local_prometheus(args)
+    except RuntimeError as exc:  # PrometheusError
+        print(f"gdn-serve: {exc}", file=sys.stderr)
+        return 2
     stack = LocalStack(opts, model_source, handle_signals=True)
     try:
+        if prometheus is not None:  # ready before the API answers; scrapes fail until Ray is up
+            prometheus.start()
         stack.start()
         wait_until_serving(stack.api_url)
-        print(banner(stack), flush=True)
+        print(banner(stack, prometheus), flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("\ngdn-serve: stopping (Serve, Ray, vLLM)...", flush=True)
     finally:
+        if prometheus is not None:  # first: stack.stop() waits for every child to end
+            prometheus.stop()
         stack.stop()
         print("gdn-serve: stopped", flush=True)
     return 0
 
 
-def banner(stack: Any) -> str:
+def _local_prometheus(args: argparse.Namespace) -> Any:
+    if args.prometheus is None:
+        return None
+    from gdn_serve.serve.processes import free_port
+    from gdn_serve.serve.prometheus import LocalPrometheus, PrometheusOptions
+
+    port = args.prometheus or free_port()
+    return LocalPrometheus(PrometheusOptions(metrics_port=args.metrics_port, port=port))
+
+
+def banner(stack: Any, prometheus: Any = None) -> str:
     config = stack.config
-    return "\n".join(
-        [
-            f"gdn-serve: serving {config.served_model_name!r} from {config.model_source}",
-            f"  OpenAI API  {stack.api_url}   (e.g. {stack.api_url}/models)",
-            f"  Metrics     {stack.metrics_url}   (vLLM as ray_vllm_*, Ray Serve as ray_serve_*)",
-            "  Ctrl-C stops the stack.",
-        ]
-    )
+    lines = [
+        f"gdn-serve: serving {config.served_model_name!r} from {config.model_source}",
+        f"  OpenAI API  {stack.api_url}   (e.g. {stack.api_url}/models)",
+        f"  Metrics     {stack.metrics_url}   (vLLM as ray_vllm_*, Ray Serve as ray_serve_*)",
+    ]
+    if prometheus is not None:
+        lines.append(f"  Prometheus  {prometheus.url}   (the chart's rules and alerts loaded)")
+    return "\n".join([*lines, "  Ctrl-C stops the stack."])
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -100,15 +114,28 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gdn_serve.kernels.bench import main as bench_main
+    from gdn_serve.bench.kernels import main as bench_main
 
     return bench_main(args.passthrough)
 
 
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    from gdn_serve.bench.engine import main as bench_engine_main
+
+    return bench_engine_main(args.passthrough)
+
+
 def cmd_bench_stack(args: argparse.Namespace) -> int:
-    from gdn_serve.bench_stack import main as bench_stack_main
+    from gdn_serve.bench.stack import main as bench_stack_main
 
     return bench_stack_main(args.passthrough)
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one CPU deployment per named arch behind one balancing ingress (multi-arch app)",
     )
     run.add_argument(
+        "--prometheus",
+        nargs="?",
+        const=0,
+        type=_port,
+        metavar="PORT",
+        help="also run Prometheus on 127.0.0.1 (on PORT, else a free port) scraping the stack "
+        "with the chart's rules and relabelling",
+    )
+    run.add_argument(
         "--quiet", action="store_true", help="keep Ray workers' logs out of the terminal"
     )
     run.set_defaults(func=cmd_run)
@@ -138,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write the tiny random-weight Qwen3.5 checkpoint")
     tiny.add_argument("--out", help="folder (default: the cache folder's models/tiny-qwen35)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--shape",
+        default="tiny",
+        choices=["tiny", "qwen3.5-27b-layers", "qwen3.5-35b-a3b-layers"],
+        help="tiny (the default model), or the layer dimensions of a published Qwen3.5 model "
+        "with 8 layers (dense 27B: 3.5 GB; MoE 35B-A3B with 8 experts: 1.0 GB)",
+    )
+    tiny.add_argument("--device", default="cpu", help="where to initialise the weights (cuda)")
     tiny.set_defaults(func=cmd_tiny_model)
 
     backends = sub.add_parser("backends", help="which GDN decode kernel this machine picks")
@@ -147,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The benchmarks parse their own options (`gdn-serve bench --help`).
     for name, func, text in (
         ("bench", cmd_bench, "GDN decode kernel benchmark (GPU); --help for its options"),
+        ("bench-engine", cmd_bench_engine, "CUDA vLLM engine with and without the plugin (GPU)"),
         ("bench-stack", cmd_bench_stack, "vLLM's OpenAI server vs this stack; --help for more"),
     ):
         sub.add_parser(name, help=text, add_help=False).set_defaults(func=func, passthrough=True)

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gdn_serve import envs
+
 Kind = Literal["histogram", "gauge", "counter"]
-ENV_RELAY = "GDN_SERVE_METRICS_RELAY"
 logger = logging.getLogger(__name__)
 
 # 1 µs .. 0.1 s: a GDN decode kernel call is a few µs on an H100 at B=1 and grows to ~1 ms at
@@ -55,8 +56,8 @@ class MetricSpec:
 DECODE_SECONDS = MetricSpec(
     "histogram",
     "gdn_serve_decode_seconds",
-    "GDN decode kernel time per layer call (sampled: one call in GDN_SERVE_DECODE_SAMPLE_EVERY)",
-    ("backend", "arch", "model"),
+    f"GDN decode kernel time per layer call (sampled: one call in {envs.DECODE_SAMPLE_EVERY.name})",
+    ("backend", "arch", "model", "batch"),
     DECODE_BUCKETS,
 )
 BACKEND_INFO = MetricSpec(
@@ -165,7 +166,7 @@ def record(spec: MetricSpec, value: float, **labels: str) -> None:
     global _sender
     if set(labels) != set(spec.labels):
         raise ValueError(f"{spec.name} takes labels {spec.labels}, got {tuple(labels)}")
-    relay = os.environ.get(ENV_RELAY)
+    relay = envs.METRICS_RELAY.get()
     if relay and not in_ray():
         _sender = _sender or _RelaySender(relay)
         _sender(spec, value, labels)
@@ -187,8 +188,8 @@ def start_relay() -> str:
     process, which is where the plugin starts it).
     Sets GDN_SERVE_METRICS_RELAY for children started afterwards; returns the socket path.
     Idempotent within a process."""
-    if os.environ.get(ENV_RELAY):
-        return os.environ[ENV_RELAY]
+    if envs.METRICS_RELAY.get():
+        return envs.METRICS_RELAY.get()
     folder = tempfile.mkdtemp(prefix="gdn-metrics-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = str(Path(folder) / "relay.sock")
@@ -196,7 +197,7 @@ def start_relay() -> str:
     sock.bind(path)
     relay = threading.Thread(target=_relay, args=(sock,), name="gdn-metrics-relay", daemon=True)
     relay.start()
-    os.environ[ENV_RELAY] = path
+    os.environ[envs.METRICS_RELAY.name] = path
     return path
 
 

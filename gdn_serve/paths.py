@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CACHE_ENV_VAR = "GDN_SERVE_CACHE"
+from gdn_serve import envs
+
 DEFAULT_MODEL_DIR = "models/tiny-qwen35"
 
 
 def cache_root() -> Path:
-    """The project's cache folder: $GDN_SERVE_CACHE, else `.cache` of the source checkout, else
+    """The project's cache folder: `envs.CACHE` when set, else `.cache` of the source checkout, else
     the user's XDG cache (an installed package has no checkout)."""
-    configured = os.environ.get(CACHE_ENV_VAR)
+    configured = envs.CACHE.get()
     if configured:
         return Path(configured).resolve()
     checkout = Path(__file__).resolve().parent.parent
@@ -29,6 +30,18 @@ def cache_root() -> Path:
 
 def default_model_dir(root: Path | None = None) -> Path:
     return (root or cache_root()) / DEFAULT_MODEL_DIR
+
+
+def prometheus_dir(root: Path | None = None) -> Path:
+    """Where `gdn-serve run --prometheus` keeps each run's configuration and TSDB."""
+    return (root or cache_root()) / "prometheus"
+
+
+def chart_monitoring_dir() -> Path | None:
+    """The chart's generated rules and relabelling in the source checkout (None when installed
+    without one): the local Prometheus loads the very files the chart ships."""
+    folder = Path(__file__).resolve().parent.parent / "charts/qwen35-stack/monitoring"
+    return folder if folder.is_dir() else None
 
 
 def cache_env(root: Path | None = None) -> dict[str, str]:
@@ -48,7 +61,7 @@ def cache_env(root: Path | None = None) -> dict[str, str]:
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     env = {name: str(path) for name, path in dirs.items()}
-    env[CACHE_ENV_VAR] = str(root)
+    env[envs.CACHE.name] = str(root)
     # Nothing phones home: there is no network to reach, and a local stack should not try.
     env.update({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     return env

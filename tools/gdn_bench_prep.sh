@@ -20,7 +20,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
     nvidia-cutlass-dsl-libs-cu13==4.7.1 apache-tvm-ffi==0.1.15.post2 cuda-tile==1.7.0
 rm -rf .whl .whl-a "$STAGE"
 mkdir -p .whl .whl-a "$STAGE/rest" "$STAGE/mlir"
-"$PY" -m gdn_serve.kernels.bench --extract-vllm "$DL"/vllm-0.32.0-*.whl --vllm-src .whl-a/vllm_src
+"$PY" -m gdn_serve.bench.kernels --extract-vllm "$DL"/vllm-0.32.0-*.whl --vllm-src .whl-a/vllm_src
 cp "$DL"/fla_core-0.6.0-py3-none-any.whl .whl-a/
 for w in "$DL"/flashinfer_python-0.7.2.post1-*.whl "$DL"/nvidia_cutlass_dsl*-4.7.1-*.whl \
     "$DL"/apache_tvm_ffi-0.1.15.post2-*.whl "$DL"/cuda_tile-1.7.0-*.whl; do

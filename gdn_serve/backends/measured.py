@@ -1,5 +1,5 @@
 """Measured speed of each GDN decode backend against vLLM's kernel; do not edit.
-Written by `python -m gdn_serve.kernels.bench --write-table RUN.json...` (`kernels/summary.py`).
+Written by `python -m gdn_serve.bench.kernels --write-table RUN.json...` (`bench/summary.py`).
 
 SPEEDUP[arch][state dtype][backend] = (geometric mean, worst, shapes measured) of vLLM's time
 over the backend's; `backends.rules` orders the backends of a measured arch by it.

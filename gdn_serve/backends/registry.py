@@ -1,12 +1,12 @@
 """The runtime registry of GDN decode backends, in the style of flash-linear-attention's
 `BackendRegistry`: each backend declares a name, a lazily imported entry point, the package that
-makes it available, a priority and a verifier. The deciding logic lives in `rules` (pure, shared
-with the operator); this module adds what only the local machine knows: its arch, which packages
-import, and the environment.
+makes it available and a verifier. The deciding logic lives in `rules` (pure, shared with the
+operator): its per-arch order is the priority. This module adds what only the local machine
+knows: its arch, which packages import, and the environment.
 
-Selection: `GDN_SERVE_BACKEND` (or the `requested` argument, e.g. from config) forces a backend;
-otherwise the highest-priority backend that passes its verifier on the local arch wins. The
-decision is logged once per distinct outcome.
+Selection: `envs.BACKEND` (or the `requested` argument, e.g. from config) forces a backend;
+otherwise the first backend of the arch's order that passes its verifier wins. The decision is
+logged once per distinct outcome.
 """
 
 from __future__ import annotations
@@ -14,35 +14,44 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from gdn_serve import envs
 from gdn_serve.backends import rules
 
-ENV_BACKEND = "GDN_SERVE_BACKEND"
+if TYPE_CHECKING:  # the kernels (and torch) are imported only when a backend is used
+    from gdn_serve.kernels.signature import PackedDecode
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A backend's functions, imported. `prepare(args)` (fused: `prepare(args, workspace)`)
+    returns the kernel for that call's layout and batch size, which the route keeps per batch
+    size; `warm(args[, workspace])` launches every launch config the kernel can pick."""
+
+    fused: bool
+    prepare: Callable[..., Callable[[Any], object]]
+    warm: Callable[..., None] | None
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     module: str  # imported only when the backend is used
-    entry: str  # function in `module`
-    fused: bool  # True: the whole decode core (conv + delta rule + norm); False: vLLM's contract
+    entry: str  # function in `module`: a PackedDecode, or (fused) a FusedDecode
+    fused: bool  # True: the whole decode step (conv + delta rule + norm); False: vLLM's contract
+    prepare: str | None = None  # function in `module`, see `Loaded`; None: `entry` as it is
+    warm: str | None = None  # function in `module`, see `Loaded`; None: nothing to warm
 
     @property
     def package(self) -> str | None:
         """The import name whose presence makes this backend available (None: always)."""
         pypi = rules.REQUIREMENTS[self.name].package
         return {"flashinfer-python": "flashinfer"}.get(pypi, pypi) if pypi else None
-
-    def priority(self, arch: str, state_dtype: str = "float32") -> int:
-        """Higher runs first: the arch's measured (or reasoned) order from `rules`."""
-        order = rules.preference_for(arch, state_dtype).order
-        return len(order) - order.index(self.name) if self.name in order else 0
 
     def verify(
         self,
@@ -55,23 +64,42 @@ class Backend:
             self.name, arch, state_dtype=state_dtype, head_dims=head_dims, available=available
         )
 
-    def load(self) -> Callable[..., Any]:
-        return getattr(importlib.import_module(self.module), self.entry)
+    def kernel(self) -> PackedDecode:
+        """The backend's `PackedDecode` (imported now). A fused backend's entry takes the
+        whole layer step, not the packed-decode arguments: asking for it here is a bug."""
+        if self.fused:
+            raise TypeError(f"{self.name} is a fused layer kernel, not a PackedDecode")
+        return cast("PackedDecode", getattr(importlib.import_module(self.module), self.entry))
+
+    def load(self) -> Loaded:
+        module = importlib.import_module(self.module)
+        entry = getattr(module, self.entry)
+        prepare = getattr(module, self.prepare) if self.prepare else lambda *_: entry
+        return Loaded(self.fused, prepare, getattr(module, self.warm) if self.warm else None)
 
 
 _K = "gdn_serve.kernels"
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("triton-fused", f"{_K}.triton_fused", "gdn_fused_decode", fused=True),
-        Backend("triton", f"{_K}.triton_decode", "gdn_decode", fused=False),
-        Backend("flashinfer", f"{_K}.adapters", "flashinfer_decode", fused=False),
         Backend(
-            "vllm",
-            "vllm.third_party.flash_linear_attention.ops.fused_recurrent",
-            "fused_recurrent_gated_delta_rule_packed_decode",
-            fused=False,
+            "triton-fused",
+            f"{_K}.triton_fused",
+            "gdn_fused_decode",
+            fused=True,
+            prepare="prepare_fused",
+            warm="warm_fused",
         ),
+        Backend(
+            "triton",
+            f"{_K}.triton_decode",
+            "gdn_decode",
+            fused=False,
+            prepare="prepare_decode",
+            warm="warm_decode",
+        ),
+        Backend("flashinfer", f"{_K}.adapters", "flashinfer_decode", fused=False),
+        Backend("vllm", f"{_K}.adapters", "vllm_decode", fused=False),
         Backend("cpu", f"{_K}.adapters", "vllm_cpu_decode", fused=False),
         Backend("reference", f"{_K}.reference", "gdn_decode_reference", fused=False),
     )
@@ -101,7 +129,7 @@ def available_backends() -> frozenset[str]:
 
 def requested_backend(requested: str | None = None) -> str:
     """`requested` (config) over GDN_SERVE_BACKEND, normalised; 'auto' when neither is set."""
-    return (requested or os.environ.get(ENV_BACKEND) or rules.AUTO).strip().lower()
+    return (requested or envs.BACKEND.get()).strip().lower()
 
 
 _logged: set[tuple[str, rules.Resolution]] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gdn_serve import envs
 from gdn_serve.backends import registry, rules
 
 
@@ -13,7 +14,7 @@ def describe_local_choice(requested: str | None = None) -> str:
     forced = registry.requested_backend(requested)
     lines = [
         f"device arch: {arch}",
-        f"requested:   {forced} (set {registry.ENV_BACKEND} to force one)",
+        f"requested:   {forced} (set {envs.BACKEND.name} to force one)",
     ]
     for state_dtype in rules.STATE_DTYPES:
         pref = rules.preference_for(arch, state_dtype)

@@ -23,6 +23,8 @@ KNOWN_BACKENDS: tuple[str, ...] = (
 )
 STATE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 AUTO = "auto"
+# The arch name of a machine without a GPU: the local stack's, and a CPU deployment's.
+CPU_ARCH = "cpu"
 
 _ARCH = re.compile(r"^sm(\d{2,3})$")
 
@@ -73,7 +75,7 @@ class ArchPreference:
 # orders below; docs/kernels.md reasons them.
 PARITY = 0.97
 PREFERENCES: dict[str, ArchPreference] = {
-    "cpu": ArchPreference(("cpu", "reference"), "CPU: vLLM's C++ op, the torch reference last"),
+    CPU_ARCH: ArchPreference(("cpu", "reference"), "CPU: vLLM's C++ op, the torch reference last"),
     "sm89": ArchPreference(
         ("triton", "triton-fused", "vllm", "reference"),
         "unmeasured: reasoned from sm89's ~1 TB/s, 128 SMs, 72 MB L2 (docs/kernels.md)",
@@ -87,7 +89,7 @@ _UNLISTED_GPU = ArchPreference(
 
 def arch_sm(arch: str) -> int | None:
     """The SM number of a GPU arch name ('sm90' -> 90); None for 'cpu'. Rejects anything else."""
-    if arch == "cpu":
+    if arch == CPU_ARCH:
         return None
     match = _ARCH.match(arch)
     if match is None:
@@ -127,6 +129,18 @@ def _head_dims_ok(req: Requirement, head_dims: tuple[int, int]) -> bool:
     return all(d > 0 and d & (d - 1) == 0 for d in head_dims)
 
 
+def layer_backend(chosen: str, fusable: bool) -> tuple[str, str | None]:
+    """(the backend that runs inside vLLM's layer, why it is not `chosen`, or None).
+
+    The fused kernel takes the whole layer step, gated norm included; it needs vLLM's path that
+    runs the norm inside the core op, which exists for Qwen3.5's layout with a bf16 model only.
+    Elsewhere its unfused sibling runs. Shared by the plugin (which logs and counts the
+    substitution) and the operator (whose status must name what the replicas run)."""
+    if chosen == "triton-fused" and not fusable:
+        return "triton", "fused-layer-needs-qwen3.5-layout-and-bf16"
+    return chosen, None
+
+
 def measured_preference(arch: str, state_dtype: str) -> ArchPreference | None:
     """The order `measured.SPEEDUP` gives `arch` for this state dtype (None: not measured)."""
     speedup = measured.SPEEDUP.get(arch, {}).get(state_dtype)
@@ -147,7 +161,7 @@ def preference_for(arch: str, state_dtype: str = "float32") -> ArchPreference:
         return measured_order
     if arch in PREFERENCES:
         return PREFERENCES[arch]
-    return PREFERENCES["cpu"] if arch_sm(arch) is None else _UNLISTED_GPU
+    return PREFERENCES[CPU_ARCH] if arch_sm(arch) is None else _UNLISTED_GPU
 
 
 def resolve_backend(

@@ -1,16 +1,12 @@
-"""Other people's GDN decode kernels behind our decode contract (vLLM's packed-decode signature,
-see `reference.gdn_decode_reference`). Their packages are imported only when called.
-
-vLLM's own Triton kernel needs no adapter: it *is* the contract
-(`vllm.third_party.flash_linear_attention.ops.fused_recurrent.
-fused_recurrent_gated_delta_rule_packed_decode`).
-"""
+"""Other people's GDN decode kernels as `signature.PackedDecode`s (vLLM's packed-decode
+contract). Their packages are imported only when called."""
 
 from __future__ import annotations
 
 import torch
 
 from gdn_serve.kernels.reference import HeadDims
+from gdn_serve.kernels.signature import DecodeArgs
 
 
 def _split_heads(
@@ -26,18 +22,16 @@ def _split_heads(
     )
 
 
-def flashinfer_decode(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    A_log: torch.Tensor,
-    dt_bias: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor,
-    out: torch.Tensor,
-    ssm_state_indices: torch.Tensor,
-    use_qk_l2norm_in_kernel: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def vllm_decode(args: DecodeArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's own Triton kernel, which defines the contract (the arguments are its own)."""
+    from vllm.third_party.flash_linear_attention.ops.fused_recurrent import (
+        fused_recurrent_gated_delta_rule_packed_decode,
+    )
+
+    return fused_recurrent_gated_delta_rule_packed_decode(*args)
+
+
+def flashinfer_decode(args: DecodeArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """FlashInfer's `gated_delta_rule_decode_pretranspose` (SM90+, same [slots, HV, V, K] pool).
 
     FlashInfer marks padding with -1, not with vLLM's null slot 0, and its bf16-state path
@@ -48,31 +42,21 @@ def flashinfer_decode(
     reference (`gpu_checks.check_flashinfer_adapter`, run by every benchmark)."""
     from flashinfer.gdn_decode import gated_delta_rule_decode_pretranspose
 
+    mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out, ssm_state_indices, l2norm = args
     dims = HeadDims.infer(mixed_qkv.shape[-1], initial_state)
     q, k, v = _split_heads(mixed_qkv, dims)
     null = ssm_state_indices <= 0
     indices = torch.where(null, -1, ssm_state_indices)
     gated_delta_rule_decode_pretranspose(
         q, k, v, None, A_log, a.unsqueeze(1), dt_bias, b.unsqueeze(1), scale=scale,
-        output=out, use_qk_l2norm=use_qk_l2norm_in_kernel, initial_state=initial_state,
+        output=out, use_qk_l2norm=l2norm, initial_state=initial_state,
         initial_state_indices=indices,
     )  # fmt: skip
     out.masked_fill_(null.view(-1, 1, 1, 1), 0)
     return out, initial_state
 
 
-def vllm_cpu_decode(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    A_log: torch.Tensor,
-    dt_bias: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor,
-    out: torch.Tensor,
-    ssm_state_indices: torch.Tensor,
-    use_qk_l2norm_in_kernel: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def vllm_cpu_decode(args: DecodeArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """vLLM's C++ CPU op (`fused_sigmoid_gating_delta_rule_update_cpu`).
 
     Two things differ from the GPU contract, both kept as vLLM's CPU path has them so that the
@@ -82,6 +66,7 @@ def vllm_cpu_decode(
     K^-1/2 and it wants every input in one dtype."""
     import vllm._custom_ops as ops
 
+    mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out, ssm_state_indices, l2norm = args
     dims = HeadDims.infer(mixed_qkv.shape[-1], initial_state)
     if scale != dims.k**-0.5:
         raise ValueError("vLLM's CPU op only supports scale = K**-0.5")
@@ -97,7 +82,7 @@ def vllm_cpu_decode(
         initial_state_source=initial_state.view(initial_state.shape[0], dims.hv, dims.k, dims.v),
         initial_state_indices=ssm_state_indices[rows],
         cu_seqlens=torch.arange(rows.numel() + 1, dtype=torch.int32),
-        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        use_qk_l2norm_in_kernel=l2norm,
     )  # fmt: skip
     out[rows] = core.reshape(rows.numel(), 1, dims.hv, dims.v).to(out.dtype)
     return out, initial_state

@@ -1,15 +1,17 @@
 """Launch configuration of our Triton kernels per device arch, shape and state dtype.
 
-The numbers live in `launch_table.py`, written from tuning runs on GPUs (`bench.py --tune`,
+The numbers live in `launch_table.py`, written from tuning runs on GPUs (`gdn-serve bench --tune`,
 then `--write-table`), with the GPU, date and versions recorded beside them. Lookup takes the
 measured entry nearest to the asked shape; an arch without a table borrows the nearest measured
-arch's table.
+arch's table. The table was tuned at V = 128 (every Qwen3.5 GDN layer); for another V an entry
+is fitted to it (a block of V rows never exceeds V).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +28,12 @@ class LaunchConfig:
     # fused kernel only: issue the state load before the q/k conv (one head per program), or
     # the next head's before this one computes (per key head); costs registers
     prefetch: bool = False
+
+    def fitted(self, v: int) -> LaunchConfig:
+        """This config for value heads of V rows: a block, or a whole head per program, is at
+        most V rows."""
+        block = v if self.per_key_head else min(self.block_v, v)
+        return self if block == self.block_v else replace(self, block_v=block)
 
     def check(self, v: int) -> None:
         if self.block_v <= 0 or v % self.block_v or self.block_v & (self.block_v - 1):
@@ -60,15 +68,36 @@ def _table_arch(arch: str) -> str | None:
     return min(measured, key=lambda a: abs(int(a[2:]) - sm), default=None)
 
 
-def lookup(kernel: str, arch: str, state_dtype: torch.dtype, hv: int, batch: int) -> LaunchConfig:
-    """The tuned config for `kernel` ('decode' or 'fused') at this shape, or the default."""
-    source, dtype = _table_arch(arch), dtype_name(state_dtype)
+def _by_batch(kernel: str, arch: str, dtype: str, hv: int) -> dict[int, LaunchConfig] | None:
+    """The table row for this kernel, arch (or its nearest measured one), dtype and nearest HV."""
+    source = _table_arch(arch)
     by_hv = {
         key[3]: by_batch
         for key, by_batch in launch_table.TABLE.items()
         if key[:3] == (source, kernel, dtype)
     }
     if not by_hv:
-        return LaunchConfig(*launch_table.DEFAULT[kernel])
-    by_batch = by_hv[_nearest(list(by_hv), hv)]
-    return LaunchConfig(*by_batch[_nearest(list(by_batch), batch)])
+        return None
+    return {b: LaunchConfig(*fields) for b, fields in by_hv[_nearest(list(by_hv), hv)].items()}
+
+
+@functools.cache
+def lookup(
+    kernel: str, arch: str, state_dtype: torch.dtype, hv: int, batch: int, v: int = 128
+) -> LaunchConfig:
+    """The tuned config for `kernel` ('decode' or 'fused') at this shape, or the default.
+    Cached: the serving path asks once per call with the same few shapes."""
+    by_batch = _by_batch(kernel, arch, dtype_name(state_dtype), hv)
+    if by_batch is None:
+        return LaunchConfig(*launch_table.DEFAULT[kernel]).fitted(v)
+    return by_batch[_nearest(list(by_batch), batch)].fitted(v)
+
+
+def configs_for(
+    kernel: str, arch: str, state_dtype: torch.dtype, hv: int, v: int = 128
+) -> tuple[LaunchConfig, ...]:
+    """Every config `lookup` can return for this kernel and shape, whatever the batch: what a
+    warm-up must compile before CUDA graphs are captured."""
+    by_batch = _by_batch(kernel, arch, dtype_name(state_dtype), hv)
+    found = by_batch.values() if by_batch else [LaunchConfig(*launch_table.DEFAULT[kernel])]
+    return tuple(dict.fromkeys(config.fitted(v) for config in found))

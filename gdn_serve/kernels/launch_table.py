@@ -1,5 +1,5 @@
 """Tuned launch configs; do not edit. Written by
-`python -m gdn_serve.kernels.bench --write-table RUN.json...` from GPU runs made with
+`python -m gdn_serve.bench.kernels --write-table RUN.json...` from GPU runs made with
 `bench --tune --out RUN.json`.
 
 TABLE[(arch, kernel, state dtype, HV)][batch] = LaunchConfig fields in order (block_v,

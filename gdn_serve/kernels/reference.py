@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from gdn_serve.kernels.signature import DecodeArgs, FusedArgs
+
 SOFTPLUS_THRESHOLD = 20.0  # vLLM's: softplus(x) = x above it
 L2NORM_EPS = 1e-6  # vLLM's packed decode: x / sqrt(sum(x^2) + eps)
 
@@ -96,26 +98,16 @@ def gating(
     return torch.exp(g), torch.sigmoid(b)
 
 
-def l2norm(x: torch.Tensor) -> torch.Tensor:
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt((x * x).sum(-1, keepdim=True) + L2NORM_EPS)
 
 
-def gdn_decode_reference(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    A_log: torch.Tensor,
-    dt_bias: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor,
-    out: torch.Tensor,
-    ssm_state_indices: torch.Tensor,
-    use_qk_l2norm_in_kernel: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gdn_decode_reference(args: DecodeArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode token per sequence; same arguments and return as vLLM's packed decode.
 
     `initial_state` [slots, HV, V, K] is updated in place; `out` [B, 1, HV, V] is written.
     """
+    mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out, ssm_state_indices, l2norm = args
     dims = HeadDims.infer(mixed_qkv.shape[-1], initial_state)
     if out.shape != (mixed_qkv.shape[0], 1, dims.hv, dims.v):
         raise ValueError(f"out must be [B, 1, HV, V], got {tuple(out.shape)}")
@@ -126,8 +118,8 @@ def gdn_decode_reference(
         return out, initial_state
     slots = ssm_state_indices[rows].long()
     q, k, v = (t.to(cdt) for t in split_packed(mixed_qkv[rows], dims))
-    if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q), l2norm(k)
+    if l2norm:
+        q, k = _l2norm(q), _l2norm(k)
     q = q * scale
     decay, beta = gating(a[rows].to(cdt), b[rows].to(cdt), A_log.to(cdt), dt_bias.to(cdt))
     h = initial_state[slots].to(cdt) * decay[..., None, None]  # [n, HV, V, K]
@@ -219,23 +211,14 @@ class FusedLayerParams:
         )
 
 
-def gdn_fused_decode_reference(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    z: torch.Tensor,
-    conv_state: torch.Tensor,
-    ssm_state: torch.Tensor,
-    indices: torch.Tensor,
-    out: torch.Tensor,
-    params: FusedLayerParams,
-) -> torch.Tensor:
+def gdn_fused_decode_reference(args: FusedArgs) -> torch.Tensor:
     """The GDN decode core of one layer: conv update, gating, delta rule, gated RMSNorm.
 
     mixed_qkv [B, conv_dim] is the pre-conv projection; z [B, HV, V] the output gate; out
     [B, HV, V] receives the normalised, gated output (zeros for null slots). Both state pools are
     updated in place.
     """
+    mixed_qkv, a, b, z, conv_state, ssm_state, indices, out, params = args
     cdt = compute_dtype_for(ssm_state)
     conv_out = conv_update_reference(
         mixed_qkv,
@@ -248,17 +231,11 @@ def gdn_fused_decode_reference(
     )
     core = torch.empty(out.shape[0], 1, *out.shape[1:], dtype=cdt, device=out.device)
     gdn_decode_reference(
-        conv_out,
-        a,
-        b,
-        params.A_log,
-        params.dt_bias,
-        params.scale,
-        ssm_state,
-        core,
-        indices,
-        params.use_qk_l2norm,
-    )
+        DecodeArgs(
+            conv_out, a, b, params.A_log, params.dt_bias, params.scale, ssm_state, core, indices,
+            params.use_qk_l2norm,
+        )
+    )  # fmt: skip
     if cdt != torch.float64:
         core = core.to(out.dtype)  # vLLM hands the core output to the norm in the model dtype
     normed = rms_norm_gated_reference(

@@ -16,12 +16,15 @@ registers and streamed back; V blocks of a head sit on adjacent program ids.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup
+from gdn_serve.kernels.launch import LaunchConfig, configs_for, device_arch, lookup
 from gdn_serve.kernels.reference import HeadDims, active_rows
+from gdn_serve.kernels.signature import DecodeArgs, PackedDecode
 from gdn_serve.kernels.triton_math import delta_rule_step, gate_params, load_qk
 
 
@@ -77,15 +80,9 @@ def _gdn_decode_kernel(
     tl.store(p_h, h.to(p_h.dtype.element_ty))
 
 
-def check_decode_args(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    initial_state: torch.Tensor,
-    out: torch.Tensor,
-    indices: torch.Tensor,
-) -> HeadDims:
+def check_decode_args(args: DecodeArgs) -> HeadDims:
     """The shape and layout checks vLLM's wrapper makes, so misuse fails loudly, not silently."""
+    mixed_qkv, a, b, _, _, _, initial_state, out, indices, _ = args
     dims = HeadDims.infer(mixed_qkv.shape[-1], initial_state)
     batch = mixed_qkv.shape[0]
     if mixed_qkv.ndim != 2 or mixed_qkv.stride(-1) != 1:
@@ -107,29 +104,23 @@ def check_decode_args(
 
 
 def gdn_decode(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    A_log: torch.Tensor,
-    dt_bias: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor,
-    out: torch.Tensor,
-    ssm_state_indices: torch.Tensor,
-    use_qk_l2norm_in_kernel: bool = False,
+    args: DecodeArgs,
     *,
     config: LaunchConfig | None = None,
     validate: bool = False,
+    dims: HeadDims | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for vLLM's packed decode. `validate=True` also rejects repeated or out-of-pool
     slot indices; it syncs with the device, so the serving path leaves it off (vLLM never
-    hands out one slot twice)."""
-    dims = check_decode_args(mixed_qkv, a, b, initial_state, out, ssm_state_indices)
+    hands out one slot twice). `dims` from an earlier `check_decode_args` of the same layout
+    skips the checks (the serving path checks once per batch size)."""
+    mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out, ssm_state_indices, l2norm = args
+    dims = dims or check_decode_args(args)
     if validate:
         active_rows(ssm_state_indices, initial_state.shape[0])
     batch = mixed_qkv.shape[0]
     cfg = config or lookup(
-        "decode", device_arch(mixed_qkv.device), initial_state.dtype, dims.hv, batch
+        "decode", device_arch(mixed_qkv.device), initial_state.dtype, dims.hv, batch, dims.v
     )
     cfg.check(dims.v)
     if cfg.per_key_head or cfg.prefetch:
@@ -140,6 +131,28 @@ def gdn_decode(
         mixed_qkv, a, b, A_log, dt_bias, out, initial_state, ssm_state_indices, scale,
         mixed_qkv.stride(0), a.stride(0), b.stride(0), initial_state.stride(0),
         ssm_state_indices.stride(0), HK=dims.hk, HV=dims.hv, K=dims.k, V=dims.v,
-        BV=cfg.block_v, L2NORM=use_qk_l2norm_in_kernel, num_warps=cfg.num_warps,
+        BV=cfg.block_v, L2NORM=l2norm, num_warps=cfg.num_warps,
     )  # fmt: skip
     return out, initial_state
+
+
+def prepare_decode(args: DecodeArgs) -> PackedDecode:
+    """`gdn_decode` for this call's layout and batch size, checked and configured once: vLLM
+    hands every decode step of one batch size the same buffers, so nothing is re-decided."""
+    dims = check_decode_args(args)
+    state = args.initial_state
+    config = lookup(
+        "decode", device_arch(state.device), state.dtype, dims.hv, len(args.out), dims.v
+    )
+    return functools.partial(gdn_decode, config=config, dims=dims)
+
+
+def warm_decode(args: DecodeArgs) -> None:
+    """Launch every config the launch table can pick for this shape once, on null slots (zeros
+    out, no state read or written), so that none is compiled and loaded for the first time
+    inside a CUDA graph capture, where loading a module invalidates the capture."""
+    dims = check_decode_args(args)
+    state = args.initial_state
+    null = args._replace(ssm_state_indices=torch.zeros_like(args.ssm_state_indices))
+    for config in configs_for("decode", device_arch(state.device), state.dtype, dims.hv, dims.v):
+        gdn_decode(null, config=config, dims=dims)

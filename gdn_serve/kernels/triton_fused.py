@@ -21,14 +21,16 @@ The v channels' conv state belongs to exactly one program and is updated there.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from gdn_serve.kernels.launch import LaunchConfig, device_arch, lookup
-from gdn_serve.kernels.reference import FusedLayerParams, HeadDims, active_rows
+from gdn_serve.kernels.launch import LaunchConfig, configs_for, device_arch, lookup
+from gdn_serve.kernels.reference import HeadDims, active_rows
+from gdn_serve.kernels.signature import FusedArgs, FusedDecode
 from gdn_serve.kernels.triton_math import delta_rule_step, gate_params
 
 
@@ -267,16 +269,9 @@ class FusedWorkspace:
         )
 
 
-def _check_fused_args(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    z: torch.Tensor,
-    conv_state: torch.Tensor,
-    ssm_state: torch.Tensor,
-    out: torch.Tensor,
-    params: FusedLayerParams,
-) -> HeadDims:
+def check_fused_args(args: FusedArgs) -> HeadDims:
+    """The shape and layout checks, so misuse fails loudly; returns the head geometry."""
+    mixed_qkv, a, b, z, conv_state, ssm_state, _, out, params = args
     dims = HeadDims.infer(mixed_qkv.shape[-1], ssm_state)
     batch, conv_dim = mixed_qkv.shape
     width = params.conv_weight.shape[-1]
@@ -301,25 +296,21 @@ def _check_fused_args(
 
 
 def gdn_fused_decode(
-    mixed_qkv: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    z: torch.Tensor,
-    conv_state: torch.Tensor,
-    ssm_state: torch.Tensor,
-    indices: torch.Tensor,
-    out: torch.Tensor,
-    params: FusedLayerParams,
+    args: FusedArgs,
     *,
     workspace: FusedWorkspace | None = None,
     config: LaunchConfig | None = None,
     validate: bool = False,
+    dims: HeadDims | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.gdn_fused_decode_reference`, in one launch.
 
     Pass a persistent `workspace` (FusedWorkspace.allocate) on the serving path: without one a
-    zeroed workspace is allocated per call, which costs an extra fill launch."""
-    dims = _check_fused_args(mixed_qkv, a, b, z, conv_state, ssm_state, out, params)
+    zeroed workspace is allocated per call, which costs an extra fill launch. `dims` from an
+    earlier `check_fused_args` of the same layout skips the checks (the serving path checks once
+    per batch size: vLLM's buffers keep their layout)."""
+    mixed_qkv, a, b, z, conv_state, ssm_state, indices, out, params = args
+    dims = dims or check_fused_args(args)
     batch = mixed_qkv.shape[0]
     if validate:
         active_rows(indices, ssm_state.shape[0])
@@ -327,7 +318,9 @@ def gdn_fused_decode(
         workspace = FusedWorkspace.allocate(batch, dims, mixed_qkv.device)
     if not workspace.fits(batch, dims):
         raise ValueError(f"workspace too small or shaped for other heads (batch {batch})")
-    cfg = config or lookup("fused", device_arch(mixed_qkv.device), ssm_state.dtype, dims.hv, batch)
+    cfg = config or lookup(
+        "fused", device_arch(mixed_qkv.device), ssm_state.dtype, dims.hv, batch, dims.v
+    )
     cfg.check(dims.v)
     if batch == 0:
         return out
@@ -349,3 +342,25 @@ def gdn_fused_decode(
         num_warps=cfg.num_warps,
     )  # fmt: skip
     return out
+
+
+def prepare_fused(args: FusedArgs, workspace: FusedWorkspace) -> FusedDecode:
+    """`gdn_fused_decode` for this call's layout and batch size on `workspace`, checked and
+    configured once (vLLM hands every decode step of one batch size the same buffers)."""
+    dims = check_fused_args(args)
+    if not workspace.fits(len(args.out), dims):
+        raise ValueError(f"workspace too small or shaped for other heads (batch {len(args.out)})")
+    state = args.ssm_state
+    config = lookup("fused", device_arch(state.device), state.dtype, dims.hv, len(args.out), dims.v)
+    return functools.partial(gdn_fused_decode, workspace=workspace, config=config, dims=dims)
+
+
+def warm_fused(args: FusedArgs, workspace: FusedWorkspace) -> None:
+    """Launch every config the launch table can pick for this shape once, on null slots (zeros
+    out, neither state touched, no arrival counted), so that none is compiled and loaded for the
+    first time inside a CUDA graph capture."""
+    dims = check_fused_args(args)
+    state = args.ssm_state
+    null = args._replace(indices=torch.zeros_like(args.indices))
+    for config in configs_for("fused", device_arch(state.device), state.dtype, dims.hv, dims.v):
+        gdn_fused_decode(null, workspace=workspace, config=config, dims=dims)

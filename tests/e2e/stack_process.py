@@ -14,14 +14,16 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from gdn_serve.servers import ServerProcess, child_environment, gdn_serve_run
+from gdn_serve.serve.processes import ServerProcess, child_environment, gdn_serve_run
 from tests.conftest import child_env
 
 
-def local_stack(log_dir: Path, *args: str) -> tuple[ServerProcess, str]:
-    """`gdn-serve run <args>` (not started yet) in the tests' child environment, and its
-    metrics URL."""
-    return gdn_serve_run(log_dir / "stack.log", *args, env=child_env())
+def local_stack(
+    log_dir: Path, *args: str, env: Mapping[str, str | None] | None = None
+) -> tuple[ServerProcess, str]:
+    """`gdn-serve run <args>` (not started yet) in the tests' child environment, `env` on top,
+    and its metrics URL."""
+    return gdn_serve_run(log_dir / "stack.log", *args, env={**child_env(), **(env or {})})
 
 
 def scrape(metrics_url: str) -> list[Sample]:

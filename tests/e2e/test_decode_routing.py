@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from gdn_serve import paths
-from gdn_serve.decode_route import ENV_SAMPLE_EVERY
+from gdn_serve import envs, paths
 from gdn_serve.serve.local import LocalOptions, app_config
 from gdn_serve.tiny_model import ensure_tiny_model
 from tests.e2e.stack_process import start_vllm_greedy, vllm_greedy_result
@@ -26,8 +25,8 @@ PROMPTS = ["The quick brown fox", "def fibonacci(n):", "Grüße aus Köln, 世�
 MAX_TOKENS = 12
 RUNS: dict[str, dict[str, str | None]] = {
     "vllm": {"VLLM_PLUGINS": ""},
-    "cpu": {"GDN_SERVE_BACKEND": "cpu", ENV_SAMPLE_EVERY: "1"},
-    "reference": {"GDN_SERVE_BACKEND": "reference", ENV_SAMPLE_EVERY: "1"},
+    "cpu": {envs.BACKEND.name: "cpu", envs.DECODE_SAMPLE_EVERY.name: "1"},
+    "reference": {envs.BACKEND.name: "reference", envs.DECODE_SAMPLE_EVERY.name: "1"},
 }
 
 

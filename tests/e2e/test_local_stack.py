@@ -19,10 +19,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gdn_serve import paths
-from gdn_serve.decode_route import DEFAULT_SAMPLE_EVERY
+from gdn_serve import envs, paths
 from gdn_serve.serve.local import LocalOptions, app_config
-from gdn_serve.servers import ServerProcess
+from gdn_serve.serve.processes import ServerProcess
 from gdn_serve.tiny_model import ensure_tiny_model
 from tests.e2e.stack_process import local_stack, scrape, start_vllm_greedy, vllm_greedy_result
 
@@ -30,6 +29,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 MAX_MODEL_LEN = 512
 MAX_TOKENS = 24
+SAMPLE_EVERY = envs.nonnegative_int(
+    envs.DECODE_SAMPLE_EVERY, {}
+)  # the default: what the stack runs
 PROMPTS = ["The quick brown fox", "def fibonacci(n):", "Grüße aus Köln, 世界"]
 CHATS: list[list[ChatCompletionMessageParam]] = [
     [{"role": "user", "content": "Say something."}],
@@ -97,7 +99,7 @@ def test_completion_runs_to_max_tokens(stack: Stack) -> None:
 
 
 def test_one_token_prompt_does_not_kill_the_engine(stack: Stack) -> None:
-    # vLLM 0.32's CPU GDN prefill crashed on these (gdn_serve/vllm_plugin.py fixes it).
+    # vLLM 0.32's CPU GDN prefill crashed on these (gdn_serve/plugin/entry.py fixes it).
     for prompt in ("0", "x"):
         out = stack.client.completions.create(model=stack.model, prompt=prompt, max_tokens=4)
         assert out.usage is not None and out.usage.prompt_tokens == 1
@@ -247,11 +249,11 @@ def test_metrics_count_requests_and_tokens(stack: Stack) -> None:
 
 def test_decode_latency_is_exported_per_backend(stack: Stack) -> None:
     """The vLLM workers route GDN decode through the registry's pick for CPU (`cpu`) and time
-    one call in DEFAULT_SAMPLE_EVERY per layer; Ray exports that beside vLLM's metrics."""
+    one call in SAMPLE_EVERY per layer; Ray exports that beside vLLM's metrics."""
     out = stack.client.completions.create(
-        model=stack.model, prompt="count", max_tokens=DEFAULT_SAMPLE_EVERY + 1, temperature=0
+        model=stack.model, prompt="count", max_tokens=SAMPLE_EVERY + 1, temperature=0
     )
-    assert out.usage is not None and out.usage.completion_tokens == DEFAULT_SAMPLE_EVERY + 1
+    assert out.usage is not None and out.usage.completion_tokens == SAMPLE_EVERY + 1
     deadline = time.monotonic() + 60  # Ray exports metrics on an interval
     found: dict[str, list[tuple[dict[str, str], float]]] = {}
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gdn_serve.servers import ServerProcess
+from gdn_serve.serve.processes import ServerProcess
 from tests.e2e.stack_process import local_stack, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
@@ -13,6 +12,7 @@ from gdn_serve.kernels.reference import (
     bound_excess,
     gdn_decode_reference,
 )
+from gdn_serve.kernels.signature import DecodeArgs, FusedArgs
 
 # One bf16 step, relative to the value (7 stored mantissa bits). The bound for "within bf16
 # rounding" is a full step, not half: Triton's interpreter truncates fp32 -> bf16 where the GPU
@@ -46,9 +46,9 @@ class DecodeCase:
             state=f64(self.state),
         )
 
-    def args(self, state: torch.Tensor, out: torch.Tensor, l2norm: bool) -> tuple[Any, ...]:
-        """Positional arguments of the decode contract (vLLM's packed-decode order)."""
-        return (
+    def args(self, state: torch.Tensor, out: torch.Tensor, l2norm: bool) -> DecodeArgs:
+        """The decode contract's arguments for this case, into `state` and `out`."""
+        return DecodeArgs(
             self.mixed_qkv,
             self.a,
             self.b,
@@ -68,7 +68,7 @@ class DecodeCase:
         """(output, updated state) of the reference in float64 on this case's inputs."""
         c64 = self.as_float64()
         out, state = c64.new_out(torch.float64), c64.state.clone()
-        gdn_decode_reference(*c64.args(state, out, l2norm))
+        gdn_decode_reference(c64.args(state, out, l2norm))
         return out, state
 
 
@@ -110,6 +110,15 @@ class FusedCase:
     z: torch.Tensor  # [B, HV, V]
     conv_state: torch.Tensor  # [slots, dim, W-1], possibly a transposed view
     params: FusedLayerParams
+
+    def args(
+        self, conv_state: torch.Tensor, ssm_state: torch.Tensor, out: torch.Tensor
+    ) -> FusedArgs:
+        """The fused contract's arguments for this case, into the given states and output."""
+        c = self.core
+        return FusedArgs(
+            c.mixed_qkv, c.a, c.b, self.z, conv_state, ssm_state, c.indices, out, self.params
+        )
 
     def as_float64(self) -> FusedCase:
         return FusedCase(

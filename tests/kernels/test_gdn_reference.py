@@ -9,9 +9,14 @@ from gdn_serve.kernels.reference import (
     gdn_decode_reference,
     gdn_fused_decode_reference,
 )
-
-from .cases import BF16_ULP, DecodeCase, assert_within, make_decode_case, make_fused_case
-from .gdn_naive import naive_conv, naive_gated_rms_norm, naive_head_step
+from tests.kernels.cases import (
+    BF16_ULP,
+    DecodeCase,
+    assert_within,
+    make_decode_case,
+    make_fused_case,
+)
+from tests.kernels.gdn_naive import naive_conv, naive_gated_rms_norm, naive_head_step
 
 
 def _naive_decode(case: DecodeCase, l2norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +49,7 @@ def test_reference_float64_equals_naive_loop(group: int, l2norm: bool) -> None:
     case = make_decode_case([4, 0, 1, -1, 2], group=group, k=8, v=16).as_float64()
     out = case.new_out(torch.float64)
     state = case.state.clone()
-    gdn_decode_reference(*case.args(state, out, l2norm))
+    gdn_decode_reference(case.args(state, out, l2norm))
     want_out, want_state = _naive_decode(case, l2norm)
     torch.testing.assert_close(out[:, 0], want_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, want_state, rtol=1e-12, atol=1e-12)
@@ -53,7 +58,7 @@ def test_reference_float64_equals_naive_loop(group: int, l2norm: bool) -> None:
 def test_float32_mode_is_within_rounding_of_float64() -> None:
     case = make_decode_case([3, 1], group=2, k=32, v=32)
     out32, state32 = case.new_out(torch.float32), case.state.clone()
-    gdn_decode_reference(*case.args(state32, out32, True))
+    gdn_decode_reference(case.args(state32, out32, True))
     out64, state64 = case.ground_truth(True)
     assert_within(out32, out64, rel=1e-5, floor=1e-6)
     assert_within(state32, state64, rel=1e-5, floor=1e-6)
@@ -62,7 +67,7 @@ def test_float32_mode_is_within_rounding_of_float64() -> None:
 def test_bf16_state_is_rounded_on_write_only() -> None:
     case = make_decode_case([2, 5], state_dtype=torch.bfloat16)
     out, state = case.new_out(torch.float32), case.state.clone()
-    gdn_decode_reference(*case.args(state, out, True))
+    gdn_decode_reference(case.args(state, out, True))
     out64, state64 = case.ground_truth(True)
     assert state.dtype == torch.bfloat16
     assert_within(state, state64, rel=BF16_ULP, floor=1e-6)
@@ -73,7 +78,7 @@ def test_bf16_state_is_rounded_on_write_only() -> None:
 def test_null_slots_write_zeros_and_touch_no_state() -> None:
     case = make_decode_case([0, 3, -1], slots=5)
     out, state = case.new_out(torch.float32), case.state.clone()
-    gdn_decode_reference(*case.args(state, out, True))
+    gdn_decode_reference(case.args(state, out, True))
     assert torch.all(out[[0, 2]] == 0)
     assert torch.all(out[1] != 0)
     untouched = [0, 1, 2, 4]
@@ -87,7 +92,7 @@ def test_null_slots_write_zeros_and_touch_no_state() -> None:
 def test_invalid_slot_indices_are_rejected(indices: list[int], message: str) -> None:
     case = make_decode_case(indices, slots=6)
     with pytest.raises(ValueError, match=message):
-        gdn_decode_reference(*case.args(case.state.clone(), case.new_out(torch.float32), True))
+        gdn_decode_reference(case.args(case.state.clone(), case.new_out(torch.float32), True))
 
 
 @pytest.mark.parametrize("sigmoid_gate", [False, True])
@@ -99,9 +104,7 @@ def test_fused_reference_float64_equals_naive_conv_decode_norm(sigmoid_gate: boo
     conv_state = case.conv_state.clone()
     ssm_state = core.state.clone()
     out = torch.empty_like(case.z)
-    gdn_fused_decode_reference(
-        core.mixed_qkv, core.a, core.b, case.z, conv_state, ssm_state, core.indices, out, p
-    )
+    gdn_fused_decode_reference(case.args(conv_state, ssm_state, out))
 
     # naive: conv each channel, then the decode loop on the conv output, then the norm
     assert p.conv_bias is not None

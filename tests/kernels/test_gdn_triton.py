@@ -4,17 +4,25 @@ Triton."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
-from gdn_serve.kernels import probes, triton_decode, triton_fused
-from gdn_serve.kernels.launch import LaunchConfig
+from gdn_serve.kernels import triton_decode, triton_fused
+from gdn_serve.kernels.launch import LaunchConfig, configs_for
 from gdn_serve.kernels.reference import (
     HeadDims,
     gdn_fused_decode_reference,
 )
-
-from .cases import BF16_ULP, FusedCase, assert_within, make_decode_case, make_fused_case
+from tests.kernels.cases import (
+    BF16_ULP,
+    FusedCase,
+    assert_within,
+    make_decode_case,
+    make_fused_case,
+)
 
 # Null slots (0 and negative) mixed with real ones; slot 0 is vLLM's null block.
 INDICES = [5, 0, 2, -1]
@@ -42,7 +50,7 @@ def test_decode_matches_float64_reference(
     case = make_decode_case(INDICES, hk=1, group=group, k=dim, v=dim, state_dtype=state_dtype)
     out, state = case.new_out(torch.bfloat16), case.state.clone()
     config = DECODE_MODES[mode](dim)
-    triton_decode.gdn_decode(*case.args(state, out, True), config=config)
+    triton_decode.gdn_decode(case.args(state, out, True), config=config)
 
     out64, state64 = case.ground_truth(True)
     assert_within(out, out64, rel=BF16_ULP, floor=1e-5)
@@ -54,7 +62,7 @@ def test_decode_matches_float64_reference(
 def test_decode_without_l2norm_and_with_fp32_output() -> None:
     case = make_decode_case([1, 3], hk=2, group=2, k=32, v=32)
     out, state = case.new_out(torch.float32), case.state.clone()
-    triton_decode.gdn_decode(*case.args(state, out, False), config=LaunchConfig(8, 2))
+    triton_decode.gdn_decode(case.args(state, out, False), config=LaunchConfig(8, 2))
     out64, state64 = case.ground_truth(False)
     assert_within(out, out64, rel=1e-5, floor=1e-6)
     assert_within(state, state64, rel=1e-5, floor=1e-6)
@@ -64,7 +72,7 @@ def test_decode_rejects_repeated_slots_when_validating() -> None:
     case = make_decode_case([2, 2], k=16, v=16)
     with pytest.raises(ValueError, match="repeated slot"):
         triton_decode.gdn_decode(
-            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), validate=True
+            case.args(case.state.clone(), case.new_out(torch.bfloat16), True), validate=True
         )
 
 
@@ -80,7 +88,7 @@ def test_decode_rejects_configs_it_cannot_run(config: LaunchConfig, message: str
     case = make_decode_case([1], k=16, v=16)
     with pytest.raises(ValueError, match=message):
         triton_decode.gdn_decode(
-            *case.args(case.state.clone(), case.new_out(torch.bfloat16), True), config=config
+            case.args(case.state.clone(), case.new_out(torch.bfloat16), True), config=config
         )
 
 
@@ -94,14 +102,8 @@ def _run_fused(case: FusedCase, config: LaunchConfig, steps: int = 1) -> tuple[t
     ref = case.as_float64()
     out64, ssm64, conv64 = torch.empty_like(ref.z), ref.core.state.clone(), ref.conv_state.clone()
     for _ in range(steps):
-        triton_fused.gdn_fused_decode(
-            core.mixed_qkv, core.a, core.b, case.z, conv, ssm, core.indices, out, case.params,
-            workspace=workspace, config=config,
-        )  # fmt: skip
-        gdn_fused_decode_reference(
-            ref.core.mixed_qkv, ref.core.a, ref.core.b, ref.z, conv64, ssm64, ref.core.indices,
-            out64, ref.params,
-        )  # fmt: skip
+        triton_fused.gdn_fused_decode(case.args(conv, ssm, out), workspace=workspace, config=config)
+        gdn_fused_decode_reference(ref.args(conv64, ssm64, out64))
     assert torch.all(workspace.counters == 0)  # reset for the next launch / graph replay
     return out, ssm, conv, out64, ssm64, conv64
 
@@ -162,35 +164,62 @@ def test_fused_rejects_a_workspace_for_other_heads() -> None:
     small = triton_fused.FusedWorkspace.allocate(1, other_heads, torch.device("cpu"))
     with pytest.raises(ValueError, match="workspace"):
         triton_fused.gdn_fused_decode(
-            core.mixed_qkv, core.a, core.b, case.z, case.conv_state.clone(), core.state.clone(),
-            core.indices, torch.empty_like(case.z), case.params, workspace=small,
-        )  # fmt: skip
+            case.args(case.conv_state.clone(), core.state.clone(), torch.empty_like(case.z)),
+            workspace=small,
+        )
 
 
-@pytest.mark.parametrize("state_dtype", STATE_DTYPES, ids=["fp32", "bf16"])
-def test_state_roundtrip_probe_scales_live_slots_only(state_dtype: torch.dtype) -> None:
-    case = make_decode_case(INDICES, hk=1, group=2, k=32, v=32, state_dtype=state_dtype)
-    state = case.state.clone()
-    probes.state_roundtrip(state, case.indices, 0.5, LaunchConfig(8, 1))
-    expected = case.state.clone()
-    live = case.indices[case.indices > 0].long()
-    expected[live] = (expected[live].float() * 0.5).to(state_dtype)
-    assert torch.equal(state, expected)
+def test_warm_up_launches_every_table_config_on_null_slots_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The warm-up before CUDA graph capture: each config the launch table can pick for this
+    shape runs once; null slots mean zeros out and no state read or written."""
+    launched: list[LaunchConfig] = []
+    real_decode, real_fused = triton_decode.gdn_decode, triton_fused.gdn_fused_decode
+
+    def spy(real: Callable[..., Any]) -> Callable[..., Any]:
+        def run(args: Any, **kw: Any) -> Any:
+            launched.append(kw["config"])
+            return real(args, **kw)
+
+        return run
+
+    monkeypatch.setattr(triton_decode, "gdn_decode", spy(real_decode))
+    monkeypatch.setattr(triton_fused, "gdn_fused_decode", spy(real_fused))
+    case = make_decode_case([3, 1], hk=2, group=2, k=16, v=16)
+    state, out = case.state.clone(), case.new_out(torch.bfloat16)
+    triton_decode.warm_decode(case.args(state, out, True))
+    expected = configs_for("decode", "cpu", state.dtype, case.dims.hv, case.dims.v)
+    assert launched == list(expected) and len(expected) > 1
+    assert torch.equal(state, case.state) and torch.all(out == 0)
+
+    launched.clear()
+    fused = make_fused_case([3, 1], hk=2, group=2, k=16, v=16)
+    conv, ssm, out = fused.conv_state.clone(), fused.core.state.clone(), torch.ones_like(fused.z)
+    workspace = triton_fused.FusedWorkspace.allocate(2, fused.core.dims, out.device)
+    triton_fused.warm_fused(fused.args(conv, ssm, out), workspace)
+    dims = fused.core.dims
+    assert launched == list(configs_for("fused", "cpu", ssm.dtype, dims.hv, dims.v))
+    assert torch.equal(conv, fused.conv_state) and torch.equal(ssm, fused.core.state)
+    assert torch.all(out == 0) and torch.all(workspace.counters == 0)
 
 
-def test_state_roundtrip_probe_writes_another_pool_when_asked() -> None:
+def test_a_prepared_kernel_matches_the_checked_call() -> None:
+    """What the serving path calls per batch size: checks and config resolved once, same
+    result as the fully checked call."""
     case = make_decode_case(INDICES, hk=1, group=2, k=32, v=32)
-    out = torch.full_like(case.state, 7.0)
-    probes.state_roundtrip(case.state, case.indices, 2.0, LaunchConfig(16, 2), out)
-    live = case.indices[case.indices > 0].long()
-    expected = torch.full_like(case.state, 7.0)
-    expected[live] = case.state[live] * 2.0
-    assert torch.equal(out, expected)
-    with pytest.raises(ValueError, match="match state"):
-        probes.state_roundtrip(case.state, case.indices, 1.0, LaunchConfig(8, 1), out[1:])
-
-
-def test_state_roundtrip_probe_rejects_fused_kernel_modes() -> None:
-    case = make_decode_case([1], k=16, v=16)
-    with pytest.raises(ValueError, match="no fused-kernel modes"):
-        probes.state_roundtrip(case.state, case.indices, 1.0, LaunchConfig(8, 1, prefetch=True))
+    prepared = triton_decode.prepare_decode(
+        case.args(case.state.clone(), case.new_out(torch.bfloat16), True)
+    )
+    outs = []
+    for kernel in (prepared, triton_decode.gdn_decode):
+        state, out = case.state.clone(), case.new_out(torch.bfloat16)
+        kernel(case.args(state, out, True))
+        outs.append((state, out))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    fused = make_fused_case([2, 0], hk=1, group=2, k=16, v=16)
+    workspace = triton_fused.FusedWorkspace.allocate(1, fused.core.dims, torch.device("cpu"))
+    with pytest.raises(ValueError, match="workspace too small"):
+        triton_fused.prepare_fused(
+            fused.args(fused.conv_state, fused.core.state, torch.empty_like(fused.z)), workspace
+        )

@@ -2,41 +2,32 @@
 
 Same machine, same checkpoint, same engine arguments, one run: each server in turn (never
 both at once, so neither steals the other's CPU) takes a closed-loop load of streaming
-completions at each concurrency level, with a fixed prompt of `--prompt-tokens` token ids and
-exactly `--output-tokens` output tokens (`ignore_eos`). Reported: output tokens/s, TTFT and
-inter-token latency percentiles, and the ratios of our stack to vLLM. Rounds alternate the two
-servers so that drift of the machine hits both.
+completions at each concurrency level from the load test (`gdn_serve.loadtest`, one Locust
+worker: one client to trust), with seeded prompts of `--prompt-tokens` words and exactly
+`--output-tokens` output tokens (`ignore_eos`, `min_tokens`). Reported: output tokens/s, TTFT
+and inter-token latency percentiles, and the ratios of our stack to vLLM. Rounds alternate the
+two servers so that drift of the machine hits both; each level's Locust files stay under
+`.cache/bench-stack/<system>-c<concurrency>/`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import statistics
+import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import msgspec
-
 from gdn_serve import paths
+from gdn_serve.loadtest.main import locust_argv
 from gdn_serve.serve.local import DEFAULT_SERVED_NAME, LocalOptions, app_config
-from gdn_serve.servers import ServerProcess, free_port, gdn_serve_run
+from gdn_serve.serve.processes import ServerProcess, free_port, gdn_serve_run
 
 SYSTEMS = ("vllm", "stack")
-
-
-@dataclass
-class RequestSample:
-    ttft_s: float
-    itl_s: list[float]
-    output_tokens: int
 
 
 @dataclass
@@ -54,110 +45,43 @@ class LevelResult:
         return self.output_tokens / self.wall_s
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99 in milliseconds (inclusive method: defined for any non-empty sample)."""
-    if len(values) < 2:
-        return {k: 1000 * (values[0] if values else float("nan")) for k in ("p50", "p90", "p99")}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": 1000 * cuts[49], "p90": 1000 * cuts[89], "p99": 1000 * cuts[98]}
+def level_result(system: str, concurrency: int, summary: dict[str, Any]) -> LevelResult:
+    """One level's numbers from the load test's `summary.json`."""
 
+    def cuts(metric: str) -> dict[str, float]:
+        return {f"p{q}": summary["ms"][metric][str(q)] for q in (50, 90, 99)}
 
-# The client shares the 2 cores with the servers it measures: decode only the fields it needs,
-# in C (msgspec), so that it keeps up with thousands of stream events per second.
-class _Choice(msgspec.Struct):
-    text: str = ""
-
-
-class _Usage(msgspec.Struct):
-    completion_tokens: int = 0
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_Choice] = []
-    usage: _Usage | None = None
-
-
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
-
-
-async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestSample:
-    """One streaming completion; times the first token and the gaps between later ones."""
-    start = time.perf_counter()
-    stamps: list[float] = []
-    tokens = 0
-    async with client.stream("POST", url, json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = _decode_chunk(line[6:])
-            if chunk.usage:
-                tokens = chunk.usage.completion_tokens
-            if chunk.choices and chunk.choices[0].text:
-                stamps.append(time.perf_counter())
-    if not stamps:
-        raise RuntimeError(f"no tokens streamed from {url}")
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return RequestSample(ttft_s=stamps[0] - start, itl_s=gaps, output_tokens=tokens)
-
-
-async def run_level(
-    api_url: str, body: dict[str, Any], concurrency: int, requests: int
-) -> tuple[float, list[RequestSample]]:
-    """`requests` completions with `concurrency` in flight; returns wall time and samples."""
-    url = f"{api_url}/completions"
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(i)
-    samples: list[RequestSample] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                samples.append(await stream_one(client, url, body))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start, samples
-
-
-def summarize(
-    system: str, concurrency: int, wall_s: float, samples: list[RequestSample]
-) -> LevelResult:
     return LevelResult(
         system=system,
         concurrency=concurrency,
-        requests=len(samples),
-        wall_s=wall_s,
-        output_tokens=sum(s.output_tokens for s in samples),
-        ttft_ms=percentiles([s.ttft_s for s in samples]),
-        itl_ms=percentiles([gap for s in samples for gap in s.itl_s]),
+        requests=summary["requests"],
+        wall_s=summary["duration_s"],
+        output_tokens=summary["output_tokens"],
+        ttft_ms=cuts("ttft"),
+        itl_ms=cuts("itl"),
     )
 
 
-def request_body(model: str, prompt_ids: list[int], output_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "prompt": prompt_ids,
-        "max_tokens": output_tokens,
-        "ignore_eos": True,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+def run_level(
+    api_url: str, out: Path, concurrency: int, requests: int, options: Sequence[str]
+) -> dict[str, Any]:
+    """`requests` streamed completions from `concurrency` closed-loop Locust users (the load
+    test, docs/loadtest.md), after a warm-up of one request per user; its summary."""
+    argv = locust_argv(api_url, out, concurrency, [
+        "--request-count", str(requests), "--warmup-requests", str(concurrency), *options,
+    ])  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load test against {api_url} failed:\n{done.stdout[-3000:]}")
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    return summary
 
 
-def prompt_ids(model_source: str, count: int) -> list[int]:
-    """Exactly `count` token ids of ordinary text, for any tokenizer."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_source)
-    text = "The stack serves an OpenAI-compatible API over vLLM engines. " * count
-    ids: list[int] = tokenizer(text, add_special_tokens=False).input_ids
-    return ids[:count]
+def workload_options(args: argparse.Namespace) -> list[str]:
+    return [
+        "--model", DEFAULT_SERVED_NAME, "--input-tokens", str(args.prompt_tokens),
+        "--output-tokens", str(args.output_tokens),
+    ]  # fmt: skip
 
 
 def server_for(system: str, model: str, args: argparse.Namespace, logs: Path) -> ServerProcess:
@@ -194,16 +118,16 @@ def server_for(system: str, model: str, args: argparse.Namespace, logs: Path) ->
 
 
 def bench_system(
-    system: str, model: str, args: argparse.Namespace, logs: Path, body: dict[str, Any]
+    system: str, model: str, args: argparse.Namespace, logs: Path
 ) -> list[LevelResult]:
     server = server_for(system, model, args, logs).start(timeout_s=900)
     try:
-        asyncio.run(run_level(server.api_url, body, 4, 8))  # warm-up, not counted
         results = []
         for concurrency in args.concurrency:
             requests = max(args.min_requests, concurrency * args.requests_per_slot)
-            wall, samples = asyncio.run(run_level(server.api_url, body, concurrency, requests))
-            results.append(summarize(system, concurrency, wall, samples))
+            out = logs / f"{system}-c{concurrency}"
+            summary = run_level(server.api_url, out, concurrency, requests, workload_options(args))
+            results.append(level_result(system, concurrency, summary))
             print(format_row(results[-1]), flush=True)
         return results
     finally:
@@ -264,19 +188,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gdn_serve.cli import resolve_model
+    from gdn_serve.tiny_model import resolve_model
 
     args = parse_args(argv)
     paths.apply_cache_env()
     model = resolve_model(args.model)
-    body = request_body(
-        DEFAULT_SERVED_NAME, prompt_ids(model, args.prompt_tokens), args.output_tokens
-    )
     logs = paths.cache_root() / "bench-stack"
     results: list[LevelResult] = []
     for _ in range(args.rounds):
         for system in SYSTEMS:
-            results.extend(bench_system(system, model, args, logs, body))
+            results.extend(bench_system(system, model, args, logs))
     table = report(results, args.concurrency)
     print(table)
     if args.out:

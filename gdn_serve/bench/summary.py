@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from gdn_serve.kernels.literal import python_literal
+from gdn_serve.bench.literal import python_literal
 
 # backend -> (its result in a run document, the vLLM result it is compared with)
 COMPARED = {
@@ -54,7 +54,7 @@ def sources(runs: list[dict]) -> dict[str, str]:
 
 
 _TEMPLATE = '''"""Measured speed of each GDN decode backend against vLLM's kernel; do not edit.
-Written by `python -m gdn_serve.kernels.bench --write-table RUN.json...` (`kernels/summary.py`).
+Written by `python -m gdn_serve.bench.kernels --write-table RUN.json...` (`bench/summary.py`).
 
 SPEEDUP[arch][state dtype][backend] = (geometric mean, worst, shapes measured) of vLLM's time
 over the backend's; `backends.rules` orders the backends of a measured arch by it.

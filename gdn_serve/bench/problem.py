@@ -15,9 +15,10 @@ from types import SimpleNamespace
 
 import torch
 
+from gdn_serve.bench.probes import state_roundtrip
 from gdn_serve.kernels.launch import LaunchConfig
-from gdn_serve.kernels.probes import state_roundtrip
 from gdn_serve.kernels.reference import FusedLayerParams, HeadDims
+from gdn_serve.kernels.signature import DecodeArgs, FusedArgs
 from gdn_serve.kernels.triton_decode import gdn_decode
 from gdn_serve.kernels.triton_fused import FusedWorkspace, gdn_fused_decode
 
@@ -93,20 +94,45 @@ class Problem:
         )
         self.workspace = FusedWorkspace.allocate(b, d, dev)
 
-    def decode_args(self, r: int, out: torch.Tensor | None = None) -> tuple:
+    def decode_args(
+        self,
+        r: int,
+        *,
+        pool: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> DecodeArgs:
+        """Rotation r's decode step on this problem's pool and output (or the ones given)."""
         p = self.params
-        return (
-            self.mixed_qkv, self.a_c, self.b_c, p.A_log, p.dt_bias, p.scale, self.pool,
-            self.out if out is None else out, self.indices[r], True,
+        return DecodeArgs(
+            self.mixed_qkv, self.a_c, self.b_c, p.A_log, p.dt_bias, p.scale,
+            self.pool if pool is None else pool, self.out if out is None else out,
+            self.indices[r] if indices is None else indices, True,
         )  # fmt: skip
 
     def ours(self, config: LaunchConfig) -> Step:
-        return lambda r: gdn_decode(*self.decode_args(r), config=config)
+        return lambda r: gdn_decode(self.decode_args(r), config=config)
 
     def ours_fused(self, config: LaunchConfig) -> Step:
         return lambda r: gdn_fused_decode(
-            self.mixed_qkv, self.a, self.b, self.z, self.conv_state, self.pool, self.indices[r],
-            self.out_norm, self.params, workspace=self.workspace, config=config,
+            self.fused_args(r), workspace=self.workspace, config=config
+        )
+
+    def fused_args(
+        self,
+        r: int,
+        *,
+        conv_state: torch.Tensor | None = None,
+        pool: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> FusedArgs:
+        """Rotation r's layer step on this problem's states and output (or the ones given)."""
+        return FusedArgs(
+            self.mixed_qkv, self.a, self.b, self.z,
+            self.conv_state if conv_state is None else conv_state,
+            self.pool if pool is None else pool, self.indices[r] if indices is None else indices,
+            self.out_norm if out is None else out, self.params,
         )  # fmt: skip
 
     @functools.cached_property
@@ -140,9 +166,8 @@ class Problem:
                 conv_state_indices=self.indices[r], validate_data=False,
             )  # fmt: skip
             vllm.packed_decode(
-                x, a, b, p.A_log, p.dt_bias, p.scale, self.pool, core.unsqueeze(1),
-                self.indices[r], True,
-            )  # fmt: skip
+                *self.decode_args(r, out=core.unsqueeze(1))._replace(mixed_qkv=x, a=a, b=b)
+            )
             return vllm.rmsnorm_fn(
                 core, p.norm_weight, None, z=self.z, eps=NORM_EPS, group_size=None,
                 norm_before_gate=True, activation="silu",

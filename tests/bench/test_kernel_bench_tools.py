@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gdn_serve.kernels import bench, gpu_checks, launch, launch_table, summary, tune
-from gdn_serve.kernels.baselines import VLLM_FILES, extract_vllm
-from gdn_serve.kernels.bench_problem import Problem, Shape
+from gdn_serve.bench import gpu_checks, summary, tune
+from gdn_serve.bench import kernels as bench
+from gdn_serve.bench.baselines import VLLM_FILES, extract_vllm
+from gdn_serve.bench.problem import Problem, Shape
+from gdn_serve.bench.timing import rotations_for
+from gdn_serve.kernels import launch, launch_table
 from gdn_serve.kernels.launch import LaunchConfig
-from gdn_serve.kernels.timing import rotations_for
 
 
 def _record(gpu: str, block_v: int, us: float, batch: int = 1) -> dict:
@@ -41,7 +43,7 @@ def test_a_failed_timing_never_wins() -> None:
 
 
 def test_written_table_round_trips_through_lookup(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     run = {
         "env": {"arch": "sm90", "gpu": "A", "date": "2026-11-21", "triton": "3.6.0"},
@@ -53,6 +55,8 @@ def test_written_table_round_trips_through_lookup(
     exec(compile(path.read_text(), str(path), "exec"), namespace)
     assert namespace["PROVENANCE"]["sm90:A"]["triton"] == "3.6.0"
     monkeypatch.setattr(launch_table, "TABLE", namespace["TABLE"])
+    launch.lookup.cache_clear()  # cached lookups of the real table
+    request.addfinalizer(launch.lookup.cache_clear)
     assert launch.lookup("decode", "sm90", torch.float32, 32, 2) == LaunchConfig(4, 1)
     assert launch.lookup("decode", "sm90", torch.float32, 16, 600) == LaunchConfig(32, 1)
     # an unmeasured arch borrows the nearest measured one; an untuned kernel gets the default

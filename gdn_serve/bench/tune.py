@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+from gdn_serve.bench.literal import python_literal
 from gdn_serve.kernels.launch import LaunchConfig
-from gdn_serve.kernels.literal import python_literal
 
 # (block_v, num_warps): from many one-warp programs (latency at small batch) to few wide ones
 # (bandwidth at large batch). V = 128, so block_v <= 128. The 2026-11-21 sweep of 15 such
@@ -80,7 +80,7 @@ def choose(records: Iterable[Record]) -> dict:
 
 
 _TABLE_TEMPLATE = '''"""Tuned launch configs; do not edit. Written by
-`python -m gdn_serve.kernels.bench --write-table RUN.json...` from GPU runs made with
+`python -m gdn_serve.bench.kernels --write-table RUN.json...` from GPU runs made with
 `bench --tune --out RUN.json`.
 
 TABLE[(arch, kernel, state dtype, HV)][batch] = LaunchConfig fields in order (block_v,

@@ -1,6 +1,6 @@
 """`gdn-serve bench`: GDN decode kernels side by side at Qwen3.5 shapes, on one GPU, in one run.
 
-Also runs as a plain script on a GPU machine (`python -m gdn_serve.kernels.bench ...`):
+Also runs as a plain script on a GPU machine (`python -m gdn_serve.bench.kernels ...`):
   1. correctness of our kernels against the float64 reference (and vLLM's) on the GPU;
   2. optionally (--tune) the launch-config sweep behind launch_table.py;
   3. CUDA-graph timings over rotating state slots (pool >> L2) of our decode kernel, vLLM's
@@ -28,9 +28,9 @@ from types import SimpleNamespace
 import torch
 import triton
 
-from gdn_serve.kernels import gpu_checks, summary, timing, tune
-from gdn_serve.kernels.baselines import extract_vllm, load_fla, load_flashinfer, load_vllm
-from gdn_serve.kernels.bench_problem import Problem, Shape, Step
+from gdn_serve.bench import gpu_checks, summary, timing, tune
+from gdn_serve.bench.baselines import extract_vllm, load_fla, load_flashinfer, load_vllm
+from gdn_serve.bench.problem import Problem, Shape, Step
 from gdn_serve.kernels.launch import LaunchConfig, device_arch, dtype_name, lookup
 
 HVS = (32, 16, 8)  # value heads per GPU at TP = 1, 2, 4
@@ -38,7 +38,7 @@ BATCHES = (1, 8, 32, 128, 256, 512, 1024)
 FLOOR_MAX_BATCH = 32  # where latency, not bandwidth, sets the time: the floor probe runs there
 BANDWIDTH_BOUND_HEADS = 4096  # B * HV from which the bar asks for a share of copy bandwidth
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-TABLE_PATH = Path(__file__).with_name("launch_table.py")
+TABLE_PATH = Path(__file__).parents[1] / "kernels" / "launch_table.py"
 MEASURED_PATH = Path(__file__).parents[1] / "backends" / "measured.py"
 
 

@@ -4,19 +4,20 @@ on the same inputs (reported, for the record)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from types import SimpleNamespace
 
 import torch
 
+from gdn_serve.bench.problem import Problem
 from gdn_serve.kernels.adapters import flashinfer_decode
-from gdn_serve.kernels.bench_problem import Problem
 from gdn_serve.kernels.launch import LaunchConfig
 from gdn_serve.kernels.reference import (
     bound_excess,
     gdn_decode_reference,
     gdn_fused_decode_reference,
 )
+from gdn_serve.kernels.signature import DecodeArgs, FusedArgs, PackedDecode
 from gdn_serve.kernels.triton_decode import gdn_decode
 from gdn_serve.kernels.triton_fused import gdn_fused_decode
 
@@ -33,27 +34,30 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
 
 
-def _decode_with_null_slots(p: Problem, kernel: Callable[..., object], **kwargs: object) -> tuple:
+def _decode_with_null_slots(p: Problem, kernel: PackedDecode) -> tuple[DecodeArgs, DecodeArgs]:
     """Run a kernel of the decode contract and the float64 reference on the same inputs, with
-    rows 1 and 3 as null slots (0 and -1). Returns (indices, common args, kernel pool, kernel
-    out, reference pool, reference out)."""
+    rows 1 and 3 as null slots (0 and -1). Returns (the kernel's args, the reference's): their
+    `initial_state` and `out` hold the results."""
     idx = p.indices[0].clone()
     idx[1], idx[3] = 0, -1
+    args = p.decode_args(0, pool=p.pool.clone(), out=torch.empty_like(p.out), indices=idx)
+    kernel(args)
     q = p.params
-    common = (p.mixed_qkv, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale)
-    pool, out = p.pool.clone(), torch.empty_like(p.out)
-    kernel(*common, pool, out, idx, True, **kwargs)
-    ref_pool, ref_out = p.pool.double(), p.out.double()
-    ref_args = (p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double())
-    gdn_decode_reference(*ref_args, q.dt_bias.double(), q.scale, ref_pool, ref_out, idx, True)
-    return idx, common, pool, out, ref_pool, ref_out
+    ref = DecodeArgs(
+        p.mixed_qkv.double(), p.a_c.double(), p.b_c.double(), q.A_log.double(),
+        q.dt_bias.double(), q.scale, p.pool.double(), p.out.double(), idx, True,
+    )  # fmt: skip
+    gdn_decode_reference(ref)
+    return args, ref
 
 
 def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) -> dict:
     """Null rows: zeros out, state untouched."""
-    idx, common, ours_pool, ours_out, ref_pool, ref_out = _decode_with_null_slots(
-        p, gdn_decode, validate=True, config=config
+    ours, ref = _decode_with_null_slots(
+        p, functools.partial(gdn_decode, validate=True, config=config)
     )
+    ours_pool, ours_out = ours.initial_state, ours.out
+    ref_pool, ref_out = ref.initial_state, ref.out
     result = {
         "check": "decode",
         "config": list(vars(config).values()),
@@ -65,7 +69,7 @@ def check_decode(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig)
     }
     if vllm is not None:
         v_pool, v_out = p.pool.clone(), torch.empty_like(p.out)
-        vllm.packed_decode(*common, v_pool, v_out, idx, True)
+        vllm.packed_decode(*ours._replace(initial_state=v_pool, out=v_out))
         result |= {"vs_vllm_out": _rel_diff(ours_out, v_out), "vs_vllm_state": _rel_diff(
             ours_pool, v_pool)}  # fmt: skip
     return result
@@ -75,7 +79,14 @@ def check_flashinfer_adapter(p: Problem) -> dict:
     """The `flashinfer` backend (our adapter around FlashInfer's kernel) on the decode contract,
     null slots included. FlashInfer's bf16 path reads and writes slot 0 for a null row (vLLM's
     null block, scratch to vLLM), so 'slot0_untouched' is reported, not required."""
-    idx, _, pool, out, ref_pool, ref_out = _decode_with_null_slots(p, flashinfer_decode)
+    args, ref = _decode_with_null_slots(p, flashinfer_decode)
+    idx, pool, out, ref_pool, ref_out = (
+        args.ssm_state_indices,
+        args.initial_state,
+        args.out,
+        ref.initial_state,
+        ref.out,
+    )
     return {
         "check": "flashinfer-adapter",
         "dtype": str(p.shape.state_dtype),
@@ -90,13 +101,17 @@ def check_fused(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) 
     """Row 1 is a null slot (vLLM's conv kernel knows only 0 as null)."""
     idx = p.indices[0].clone()
     idx[1] = 0
-    acts = (p.mixed_qkv, p.a, p.b, p.z)
     conv, pool, out = p.conv_state.clone(), p.pool.clone(), torch.empty_like(p.out_norm)
-    gdn_fused_decode(*acts, conv, pool, idx, out, p.params, validate=True, config=config)
+    gdn_fused_decode(
+        p.fused_args(0, conv_state=conv, pool=pool, out=out, indices=idx),
+        validate=True, config=config,
+    )  # fmt: skip
     ref_conv, ref_pool, ref_out = p.conv_state.double(), p.pool.double(), p.out_norm.double()
-    x64, a64, b64, z64 = (t.double() for t in acts)
+    x64, a64, b64, z64 = (t.double() for t in (p.mixed_qkv, p.a, p.b, p.z))
     ref_params = p.params.to(torch.float64)
-    gdn_fused_decode_reference(x64, a64, b64, z64, ref_conv, ref_pool, idx, ref_out, ref_params)
+    gdn_fused_decode_reference(
+        FusedArgs(x64, a64, b64, z64, ref_conv, ref_pool, idx, ref_out, ref_params)
+    )
     result = {
         "check": "fused",
         "config": list(vars(config).values()),
@@ -114,7 +129,9 @@ def check_fused(p: Problem, vllm: SimpleNamespace | None, config: LaunchConfig) 
         )  # fmt: skip
         q = p.params
         vllm.packed_decode(
-            x, p.a_c, p.b_c, q.A_log, q.dt_bias, q.scale, v_pool, v_core.unsqueeze(1), idx, True
+            *p.decode_args(0, pool=v_pool, out=v_core.unsqueeze(1), indices=idx)._replace(
+                mixed_qkv=x
+            )
         )
         v_out = vllm.rmsnorm_fn(
             v_core, q.norm_weight, None, z=p.z, eps=q.norm_eps, group_size=None,

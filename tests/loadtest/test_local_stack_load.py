@@ -33,7 +33,7 @@ from tests.loadtest.locust_run import run_locust
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 OUTPUT_TOKENS = 16
-# Our median TTFT and mean ITL and vllm bench serve's, measured in alternating rounds on the
+# Our lower-quartile TTFT and mean ITL and vllm bench serve's, measured in alternating rounds on the
 # same endpoint, differ by the machine's noise and each client's own overhead (the clients share
 # the 2 cores with the engine): TOLERANCE_REL of vllm bench's number, at least TOLERANCE_ABS_MS.
 # The floor is per metric: TTFT is a median of few requests (one scheduling hiccup moves it by
@@ -167,10 +167,17 @@ def ours(stack: Stack, prompts: Path, out: Path) -> tuple[list[float], list[floa
 
 
 def headline(ttfts: list[float], gaps: list[float]) -> dict[str, float]:
-    """Median TTFT and mean ITL in ms. The mean, not the median: on 2 busy cores a client
-    often reads several events in one read, and which gaps collapse to ~0 differs from one
-    run to the next, while their mean (the decode time spread over the tokens) does not."""
-    return {"ttft": 1000 * statistics.median(ttfts), "itl": 1000 * statistics.mean(gaps)}
+    """TTFT's lower quartile and mean ITL in ms.
+
+    The lower quartile, not the median: `vllm bench serve`'s client shows plateaus of about
+    +100 ms TTFT over runs of consecutive requests (2026-12-03, AMD EPYC, 2 cores: 28 ms, then
+    131-154 ms for the rest of a round) that our client, in the alternating rounds on the same
+    server, never showed; in two of three module runs they covered more than half of its
+    requests. The mean ITL, not the median: on 2 busy cores a client often reads several events
+    in one read, and which gaps collapse to ~0 differs from one run to the next, while their
+    mean (the decode time spread over the tokens) does not."""
+    lower_quartile = statistics.quantiles(ttfts, n=4)[0]
+    return {"ttft": 1000 * lower_quartile, "itl": 1000 * statistics.mean(gaps)}
 
 
 def disagreements(ours: dict[str, float], theirs: dict[str, float]) -> list[str]:

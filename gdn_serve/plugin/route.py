@@ -84,7 +84,7 @@ class DecodeRoute:
 
     def fuses(self, batch: int) -> bool:
         """Whether a plain decode batch of this size runs the fused kernel (the whole step)."""
-        return self.fused and (self.partner is None or batch <= self.fused_max_batch)
+        return self.fused and fused_takes(batch, self.partner is not None, self.fused_max_batch)
 
     def decode(self, args: DecodeArgs) -> None:
         """One decode token per sequence into `args.out`; `args.initial_state` is vLLM's pool.
@@ -218,9 +218,17 @@ def _choose(
 FUSED_PARTNER = "triton"
 
 
+def fused_takes(batch: int, has_partner: bool, fused_max_batch: int) -> bool:
+    """Whether a fused backend runs its own kernel on a plain decode batch of this size (the
+    one rule: the route's choice and the latency label both follow it)."""
+    return not has_partner or batch <= fused_max_batch
+
+
 def kernel_that_runs(backend: str, partner: str | None, fused_max_batch: int, batch: int) -> str:
     """The backend whose kernel a plain decode batch of this size runs (the latency label)."""
-    return backend if partner is None or batch <= fused_max_batch else partner
+    if partner is None or fused_takes(batch, True, fused_max_batch):
+        return backend
+    return partner
 
 
 # The first route built in a process is the one timed inside CUDA graphs: one layer's kernel is
